@@ -1,0 +1,1 @@
+"""Test doubles of EXTERNAL services (LLM provider HTTP APIs). Never fakes of project code."""
