@@ -1,0 +1,105 @@
+"""Plain-NumPy twins of the scoring kernels (same names, same outputs, no Numba).
+
+They define the semantics the kernels are tested against and are the baseline the
+kernel benchmarks are measured against. Numerics match :mod:`scoring.kernels`:
+
+* logits: float32 inputs are widened to float64 (every product is then exact), the dot
+  products are taken in float64 and rounded once to float32. Only the float64 summation
+  order differs from the kernels, so the two agree to within 1 float32 ulp of the logit
+  (in practice they are almost always bit-identical);
+* probabilities: overflow-free sigmoid in float64 of the float32 logit, rounded to float32;
+* top-k: stable argsort of the negated float32 logits of the allowed ads, so ties go to
+  the lower ad index; k' = min(k, number of allowed ads);
+* ``allow``: None, a length-0 array (both = every ad), or uint8/bool [M], nonzero = allowed;
+* non-finite ``x``/``X`` or a non-finite logit of a scored (allowed) ad raises ValueError.
+
+No input validation beyond that: these take the same already-valid inputs as the kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_finite(name: str, a: np.ndarray) -> None:
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _logits64(theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """float64 logits theta @ X.T (any leading shape of X), checked finite."""
+    z = X.astype(np.float64) @ theta.astype(np.float64).T
+    if not np.isfinite(z).all():
+        raise ValueError("theta contains NaN or inf")
+    return z
+
+
+def _candidates(M: int, allow: np.ndarray | None) -> np.ndarray | None:
+    """Allowed ad indices (int64, ascending), or None when every ad is allowed."""
+    if allow is None or len(allow) == 0:
+        return None
+    return np.flatnonzero(allow)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic of float32 logits f32[n] -> f32[n] (computed in float64)."""
+    z64 = np.asarray(z, dtype=np.float64)
+    e = np.exp(-np.abs(z64))
+    p = np.where(z64 >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return p.astype(np.float32)
+
+
+def score_all(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Logits f32[M] of every ad (theta f32[M,F]) for one user (x f32[F])."""
+    _check_finite("x", x)
+    return _logits64(theta, x).astype(np.float32)
+
+
+def score_matrix(theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Logits f32[B,M] of every ad for every user (X f32[B,F])."""
+    _check_finite("X", X)
+    return _logits64(theta, X).astype(np.float32)
+
+
+def topk_one(
+    theta: np.ndarray, x: np.ndarray, k: int, allow: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k allowed ads for one user: (idx int64[k'], logit f32[k'], prob f32[k'])."""
+    M = theta.shape[0]
+    cand = _candidates(M, allow)
+    n_ok = M if cand is None else len(cand)
+    kk = max(min(int(k), n_ok), 0)
+    if kk == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.float32)
+    _check_finite("x", x)
+    rows = theta if cand is None else theta[cand]
+    z = _logits64(rows, x).astype(np.float32)
+    order = np.argsort(-z, kind="stable")[:kk]
+    idx = order.astype(np.int64) if cand is None else cand[order].astype(np.int64)
+    lg = z[order]
+    return idx, lg, sigmoid(lg)
+
+
+def topk_batch(
+    theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k allowed ads for each of B users: (idx int64[B,k'], logit f32[B,k'], prob f32[B,k'])."""
+    M = theta.shape[0]
+    B = X.shape[0]
+    cand = _candidates(M, allow)
+    n_ok = M if cand is None else len(cand)
+    kk = max(min(int(k), n_ok), 0)
+    if kk == 0:
+        e = np.empty((B, 0))
+        return e.astype(np.int64), e.astype(np.float32), e.astype(np.float32)
+    _check_finite("X", X)
+    rows = theta if cand is None else theta[cand]
+    z = _logits64(rows, X).astype(np.float32)  # [B, n_ok]
+    order = np.argsort(-z, axis=1, kind="stable")[:, :kk]
+    idx = order.astype(np.int64) if cand is None else cand[order].astype(np.int64)
+    lg = np.take_along_axis(z, order, axis=1)
+    return idx, lg, sigmoid(lg.ravel()).reshape(lg.shape)
+
+
+def contributions(theta_row: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per-feature contributions f32[F] = theta_row * x (float32 products)."""
+    return np.multiply(theta_row, x, dtype=np.float32)
