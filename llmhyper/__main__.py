@@ -1,0 +1,5 @@
+import sys
+
+from llmhyper.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for llmhyper.v1 (do not edit; run `python -m llmhyper.genproto`)."""

@@ -1,0 +1,716 @@
+"""The Ranker gRPC server: servicer, ``create_server`` and the blocking ``serve``.
+
+Serving model
+-------------
+* A sync ``grpc.server`` with a small thread pool (the handlers are microseconds of
+  Numba work; the sync server beats grpc.aio for this load).
+* Every weight version the server uses is wrapped once in a :class:`ServingState`
+  that precomputes what requests need (ad id tuple, id -> row dict, feature name ->
+  column dict, the feature-map default vector, protobuf schema messages, manifest
+  JSON). A request reads the current state reference ONCE and uses it for
+  everything, so no response mixes versions.
+* Hot swap: a background thread polls ``store.current_version()`` every
+  ``poll_interval_s`` (default 100 ms) and replaces the state reference when it
+  changes. Requests pinned to a version get that version's state from a small cache.
+* Health (grpc.health.v1): NOT_SERVING until the store is open, a version is loaded
+  and ``scoring.warmup()`` compiled the kernels; SERVING after; NOT_SERVING first on
+  shutdown, then ``server.stop(grace)`` lets in-flight calls finish.
+* Errors: handlers raise :class:`RequestError`; a wrapper turns it into the status code
+  with its message. Any unexpected exception is logged and answered INTERNAL; a
+  handler never answers UNKNOWN and never takes the server down.
+
+The server never imports ``offline``, torch, faiss or LLM clients.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from typing import Any, Callable, Mapping, Sequence
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import scoring
+from llmhyper._proto import ranker_pb2 as pb
+from llmhyper._proto import ranker_pb2_grpc as pb_grpc
+from llmhyper.auth import BearerTokenInterceptor, server_credentials
+from llmhyper.config import ServerConfig
+from llmhyper.store import StoreError, UserNotFound, VersionNotFound, WeightStore
+
+log = logging.getLogger("llmhyper.server")
+
+SERVICE_NAME = "llmhyper.v1.Ranker"
+_F32 = np.dtype(np.float32)
+_LE_F32 = np.dtype("<f4")
+_LE_I32 = np.dtype("<i4")
+_PONG = pb.PingResponse()
+_SC = grpc.StatusCode
+
+
+class RequestError(Exception):
+    """A request the server refuses: carries the gRPC status code and a message for the caller."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _invalid(msg: str) -> RequestError:
+    return RequestError(_SC.INVALID_ARGUMENT, msg)
+
+
+def _not_found(msg: str) -> RequestError:
+    return RequestError(_SC.NOT_FOUND, msg)
+
+
+def _preview(items: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(repr(s) for s in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+class ServingState:
+    """Everything a request needs about one weight version, computed once when it is loaded.
+
+    Attributes:
+        view: the store's immutable VersionView.
+        version: version id.
+        theta: float32 [M, F] weights (zero-copy view on the store).
+        M, F: number of ads and features.
+        ad_ids: tuple of M ad ids in row order; ad_index: ad id -> row.
+        feature_names: tuple of F names; feature_index: name -> column.
+        map_default: float32 [F] starting vector for name->value requests (bias 1, rest 0).
+        user_problem: None when the store's user table matches this version's schema,
+            else a message explaining why user ids cannot be scored against it.
+    """
+
+    __slots__ = (
+        "view", "version", "theta", "M", "F", "ad_ids", "ad_index", "feature_names",
+        "feature_index", "features", "map_default", "user_problem", "pb_features",
+        "manifest_json", "created_at",
+    )
+
+    def __init__(self, view: Any, user_features: Sequence[tuple[str, str]] | None) -> None:
+        theta = view.theta
+        if not (isinstance(theta, np.ndarray) and theta.dtype == _F32 and theta.ndim == 2 and theta.flags.c_contiguous):
+            raise StoreError(f"version {view.version}: theta must be C-contiguous float32 [M, F]")
+        self.view = view
+        self.version: str = view.version
+        self.theta: np.ndarray = theta
+        self.M, self.F = (int(s) for s in theta.shape)
+        self.ad_ids: tuple[str, ...] = tuple(view.ad_ids)
+        self.ad_index: dict[str, int] = {a: i for i, a in enumerate(self.ad_ids)}
+        self.features: tuple[tuple[str, str], ...] = tuple((str(n), str(d)) for n, d in view.features)
+        self.feature_names: tuple[str, ...] = tuple(n for n, _ in self.features)
+        self.feature_index: dict[str, int] = {n: j for j, n in enumerate(self.feature_names)}
+        if len(self.feature_names) != self.F:
+            raise StoreError(f"version {self.version}: {len(self.feature_names)} feature names for F={self.F} columns")
+        md = np.zeros(self.F, dtype=np.float32)
+        if "bias" in self.feature_index:
+            md[self.feature_index["bias"]] = 1.0
+        self.map_default = md
+        self.pb_features = tuple(pb.Feature(name=n, description=d) for n, d in self.features)
+        self.manifest_json = json.dumps(view.manifest, sort_keys=True, default=str)
+        self.created_at = float(getattr(view, "created_at", 0.0) or 0.0)
+        self.user_problem = self._check_users(user_features)
+
+    def _check_users(self, user_features: Sequence[tuple[str, str]] | None) -> str | None:
+        if user_features is None:
+            return None  # no table: every user id is simply unknown (NOT_FOUND)
+        names = tuple(n for n, _ in user_features)
+        if names != self.feature_names:
+            return (f"the store's user table has {len(names)} features that do not match the "
+                    f"{self.F} features of version {self.version}; send inline features instead")
+        return None
+
+
+class RankerServicer(pb_grpc.RankerServicer):
+    """gRPC handlers for ``llmhyper.v1.Ranker`` on top of a :class:`WeightStore`.
+
+    Counters for tests and monitoring (read with :meth:`counters`): ``requests`` (all
+    RPCs of this service), ``kernel_calls`` (scoring kernel invocations),
+    ``errors`` (status code name -> count), ``swaps`` (hot swaps applied),
+    ``deadline_skips`` (requests whose deadline had passed before the kernel).
+    """
+
+    def __init__(self, store: WeightStore, config: ServerConfig, health_servicer: health.HealthServicer | None = None) -> None:
+        self._store = store
+        self._config = config
+        self._health = health_servicer
+        self._state: ServingState | None = None
+        self._ready = False
+        self._pinned: "collections.OrderedDict[str, ServingState]" = collections.OrderedDict()
+        self._pinned_lock = threading.Lock()
+        self._user_features: tuple[tuple[str, str], ...] | None = None
+        self._n_users = 0
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._kernel_calls = 0
+        self._swaps = 0
+        self._deadline_skips = 0
+        self._errors: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._delay = float(config.debug_handler_delay_s)
+        self._max_k = int(config.max_top_k)
+
+    # ------------------------------------------------------------------ lifecycle
+    def load_and_warmup(self) -> None:
+        """Compile the kernels, load the current version and report SERVING when one exists."""
+        scoring.warmup()
+        self._refresh_users()
+        self._poll_once()
+
+    def start_polling(self) -> None:
+        """Start the hot-swap thread (idempotent)."""
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll_loop, name="llmhyper-hotswap", daemon=True)
+            self._poller.start()
+
+    def close(self) -> None:
+        """Stop the hot-swap thread."""
+        self._stop.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join(timeout=2.0)
+
+    @property
+    def ready(self) -> bool:
+        """True once the kernels are compiled and a version is loaded."""
+        return self._ready
+
+    @property
+    def current_version(self) -> str | None:
+        st = self._state
+        return st.version if st is not None else None
+
+    def counters(self) -> dict[str, Any]:
+        """Snapshot of the counters: requests, kernel_calls, swaps, deadline_skips, errors{code: n}."""
+        with self._lock:
+            return {
+                "requests": self._requests,
+                "kernel_calls": self._kernel_calls,
+                "swaps": self._swaps,
+                "deadline_skips": self._deadline_skips,
+                "errors": dict(self._errors),
+            }
+
+    @property
+    def kernel_calls(self) -> int:
+        return self._kernel_calls
+
+    @property
+    def requests(self) -> int:
+        return self._requests
+
+    @property
+    def errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._errors)
+
+    def _set_health(self, status: int) -> None:
+        if self._health is not None:
+            self._health.set("", status)
+            self._health.set(SERVICE_NAME, status)
+
+    def _refresh_users(self) -> bool:
+        """Re-read the user table's schema; True when it changed."""
+        uf = self._store.user_features()
+        uf = tuple((str(n), str(d)) for n, d in uf) if uf is not None else None
+        n = int(self._store.n_users())
+        changed = uf != self._user_features
+        self._user_features = uf
+        self._n_users = n
+        return changed
+
+    def _poll_once(self) -> None:
+        users_changed = self._refresh_users()
+        current = self._store.current_version()
+        st = self._state
+        if current is None:
+            return
+        if st is None or st.version != current or users_changed:
+            new = ServingState(self._store.view(current), self._user_features)
+            self._state = new  # single reference assignment: requests see old or new, never a mix
+            if users_changed:
+                with self._pinned_lock:
+                    self._pinned.clear()
+            if st is not None and st.version != new.version:
+                with self._lock:
+                    self._swaps += 1
+                log.info("hot swap: now serving %s (was %s)", new.version, st.version)
+            elif st is None:
+                log.info("serving version %s (%d ads x %d features)", new.version, new.M, new.F)
+        if not self._ready and self._state is not None:
+            self._ready = True
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def _poll_loop(self) -> None:
+        interval = self._config.poll_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self._poll_once()
+            except Exception:  # keep serving the old version; try again next tick
+                log.exception("hot-swap poll failed; still serving %s", self.current_version)
+
+    # ------------------------------------------------------------------ helpers
+    def _state_for(self, version: str) -> ServingState:
+        st = self._state
+        if st is None:
+            raise RequestError(_SC.UNAVAILABLE, "no weight version is loaded yet (store empty or server warming up)")
+        if not version or version == st.version:
+            return st
+        with self._pinned_lock:
+            pinned = self._pinned.get(version)
+            if pinned is not None:
+                self._pinned.move_to_end(version)
+                return pinned
+        try:
+            view = self._store.view(version)
+        except VersionNotFound:
+            raise _not_found(f"unknown version {version!r}; the store holds: "
+                             f"{_preview([v['version'] for v in self._store.list_versions()][::-1], 8)}") from None
+        pinned = ServingState(view, self._user_features)
+        with self._pinned_lock:
+            self._pinned[version] = pinned
+            while len(self._pinned) > self._config.pinned_versions_cached:
+                self._pinned.popitem(last=False)
+        return pinned
+
+    def _user_vector(self, st: ServingState, user_id: str, dense: Sequence[float], fmap: Mapping[str, float]) -> np.ndarray:
+        """The request's feature vector as float32 [F] (validated: length, names, finite)."""
+        n_dense = len(dense)
+        given = (1 if user_id else 0) + (1 if n_dense else 0) + (1 if len(fmap) else 0)
+        if given != 1:
+            if given == 0:
+                raise _invalid("no user given: set exactly one of user_id, features (dense) or feature_map")
+            raise _invalid("set exactly one of user_id, features (dense) or feature_map, not several")
+        if user_id:
+            if st.user_problem is not None:
+                raise RequestError(_SC.FAILED_PRECONDITION, st.user_problem)
+            x = self._store.user_vector(user_id)
+            if x is None:
+                raise _not_found(f"unknown user_id {user_id!r} (the store's user table has {self._n_users} users)")
+            if x.shape[0] != st.F:
+                raise RequestError(_SC.FAILED_PRECONDITION,
+                                   f"user {user_id!r} has {x.shape[0]} features but version {st.version} expects F={st.F}")
+            if x.dtype != _F32 or not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x, dtype=_F32)
+            return x
+        if n_dense:
+            if n_dense != st.F:
+                raise _invalid(f"features has {n_dense} values, expected F={st.F} for version {st.version} "
+                               f"(schema order: {_preview(list(st.feature_names), 4)})")
+            x = np.fromiter(dense, dtype=_F32, count=n_dense)
+        else:
+            x = st.map_default.copy()
+            index = st.feature_index
+            unknown = []
+            for name, value in fmap.items():
+                j = index.get(name)
+                if j is None:
+                    unknown.append(name)
+                else:
+                    x[j] = value
+            if unknown:
+                raise _invalid(f"unknown feature name(s) in feature_map: {_preview(sorted(unknown))}; "
+                               f"version {st.version} has {st.F} features: {_preview(list(st.feature_names), 6)}")
+        if not np.isfinite(x).all():
+            bad = int(np.flatnonzero(~np.isfinite(x))[0])
+            raise _invalid(f"feature {st.feature_names[bad]!r} (index {bad}) is {float(x[bad])}; values must be finite")
+        return x
+
+    def _check_k(self, k: int) -> int:
+        if k < 1 or k > self._max_k:
+            raise _invalid(f"top_k must be in [1, {self._max_k}], got {k}")
+        return k
+
+    def _allow_mask(self, st: ServingState, allow_ids: Sequence[str], deny_ids: Sequence[str]) -> np.ndarray | None:
+        """uint8 [M] candidate mask, or None when every ad is a candidate."""
+        if not allow_ids and not deny_ids:
+            return None
+        index = st.ad_index
+        unknown = [a for a in allow_ids if a not in index] + [a for a in deny_ids if a not in index]
+        if unknown:
+            raise _not_found(f"unknown ad id(s) in allow/deny list for version {st.version}: {_preview(unknown)}")
+        if allow_ids:
+            mask = np.zeros(st.M, dtype=np.uint8)
+            mask[[index[a] for a in allow_ids]] = 1
+        else:
+            mask = np.ones(st.M, dtype=np.uint8)
+        if deny_ids:
+            mask[[index[a] for a in deny_ids]] = 0
+        return mask
+
+    def _before_kernel(self, context: grpc.ServicerContext) -> None:
+        if self._delay:
+            time.sleep(self._delay)  # test hook only (debug_handler_delay_s)
+        if context.time_remaining() <= 0 or not context.is_active():
+            with self._lock:
+                self._deadline_skips += 1
+            raise RequestError(_SC.DEADLINE_EXCEEDED, "deadline passed before scoring started; the kernel was not run")
+
+    def _count_kernel(self) -> None:
+        with self._lock:
+            self._kernel_calls += 1
+
+    # ------------------------------------------------------------------ RPCs
+    def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
+        st = self._state_for(request.version)
+        x = self._user_vector(st, request.user_id, request.features, request.feature_map)
+        k = self._check_k(request.top_k)
+        mask = self._allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
+        resp = pb.RankResponse(version=st.version)
+        if mask is not None and not mask.any():
+            return resp  # every ad filtered out: nothing to rank
+        self._before_kernel(context)
+        idx, logit, prob = scoring.topk_one(st.theta, x, k, mask)
+        self._count_kernel()
+        ad_ids = st.ad_ids
+        ads = resp.ads
+        if request.with_contributions:
+            resp.feature_names.extend(st.feature_names)
+            theta = st.theta
+            for i, lg, p in zip(idx.tolist(), logit.tolist(), prob.tolist()):
+                ad = ads.add(ad_id=ad_ids[i], ctr=p, logit=lg, ad_index=i)
+                ad.contributions.extend(scoring.contributions(theta[i], x).tolist())
+        else:
+            for i, lg, p in zip(idx.tolist(), logit.tolist(), prob.tolist()):
+                ads.add(ad_id=ad_ids[i], ctr=p, logit=lg, ad_index=i)
+        return resp
+
+    def RankBatch(self, request: pb.RankBatchRequest, context: grpc.ServicerContext) -> pb.RankBatchResponse:
+        st = self._state_for(request.version)
+        F = st.F
+        if request.num_features and request.num_features != F:
+            raise _invalid(f"num_features is {request.num_features} but version {st.version} has F={F} features")
+        k = self._check_k(request.top_k)
+        raw = request.features
+        if len(raw) % (4 * F):
+            raise _invalid(f"features has {len(raw)} bytes, not a multiple of 4*F = {4 * F} "
+                           f"(float32 little-endian rows of F={F} for version {st.version})")
+        n_inline = len(raw) // (4 * F)
+        user_ids = request.user_ids
+        B = n_inline + len(user_ids)
+        if B == 0:
+            raise _invalid("no users given: set features (packed float32 [B, F]) and/or user_ids")
+        if B > self._config.max_batch_users:
+            raise _invalid(f"batch has {B} users, more than the limit of {self._config.max_batch_users}")
+        X_inline = np.frombuffer(raw, dtype=_LE_F32).reshape(n_inline, F) if n_inline else None
+        if X_inline is not None and X_inline.dtype != _F32:  # big-endian host
+            X_inline = X_inline.astype(_F32)
+        if X_inline is not None and not np.isfinite(X_inline).all():
+            r, c = (int(v) for v in np.argwhere(~np.isfinite(X_inline))[0])
+            raise _invalid(f"features row {r}, feature {st.feature_names[c]!r} (index {c}) is "
+                           f"{float(X_inline[r, c])}; values must be finite")
+        if user_ids:
+            if st.user_problem is not None:
+                raise RequestError(_SC.FAILED_PRECONDITION, st.user_problem)
+            try:
+                U = self._store.user_matrix(user_ids)  # one read transaction for all ids
+            except UserNotFound as e:
+                raise _not_found(f"{e} (the store's user table has {self._n_users} users)") from None
+            if U.shape[1] != F:
+                raise RequestError(_SC.FAILED_PRECONDITION,
+                                   f"user table rows have {U.shape[1]} features but version {st.version} expects F={F}")
+            X = U if X_inline is None else np.concatenate([X_inline, U])
+        else:
+            X = X_inline
+        mask = self._allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
+        resp = pb.RankBatchResponse(version=st.version, num_users=B)
+        if not request.skip_ad_ids:
+            resp.ad_ids.extend(st.ad_ids)
+        if mask is not None and not mask.any():
+            return resp  # k = 0, empty arrays
+        self._before_kernel(context)
+        idx, logit, prob = scoring.topk_batch(st.theta, X, k, mask)
+        self._count_kernel()
+        resp.k = int(idx.shape[1])
+        resp.ad_indices = idx.astype(_LE_I32).tobytes()
+        resp.ctr = prob.astype(_LE_F32, copy=False).tobytes()
+        resp.logit = logit.astype(_LE_F32, copy=False).tobytes()
+        return resp
+
+    def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
+        st = self._state_for(request.version)
+        if not request.ad_id:
+            raise _invalid("ad_id is required")
+        i = st.ad_index.get(request.ad_id)
+        if i is None:
+            raise _not_found(f"unknown ad_id {request.ad_id!r} in version {st.version} ({st.M} ads)")
+        x = self._user_vector(st, request.user_id, request.features, request.feature_map)
+        self._before_kernel(context)
+        theta_row = st.theta[i]
+        contrib = scoring.contributions(theta_row, x)
+        logit = scoring.score_all(st.theta[i:i + 1], x)
+        ctr = scoring.sigmoid(logit)
+        self._count_kernel()
+        record = self._store.ad_record(st.version, request.ad_id)
+        rationale = record.get("rationale") if isinstance(record, dict) else None
+        per_feature = rationale if isinstance(rationale, dict) else {}
+        resp = pb.ExplainResponse(version=st.version, ad_id=request.ad_id, logit=float(logit[0]), ctr=float(ctr[0]))
+        order = np.argsort(-np.abs(contrib), kind="stable")
+        xs, ws, cs = x.tolist(), theta_row.tolist(), contrib.tolist()
+        for j in order.tolist():
+            name, desc = st.features[j]
+            reason = per_feature.get(name, "")
+            resp.contributions.add(name=name, description=desc, value=xs[j], weight=ws[j], contribution=cs[j],
+                                   rationale=reason if isinstance(reason, str) else json.dumps(reason, default=str))
+        if rationale is not None:
+            resp.rationale_json = json.dumps(rationale, sort_keys=True, default=str)
+        if isinstance(record, dict):
+            rest = {k: v for k, v in record.items() if k != "rationale"}
+            if rest:
+                resp.provenance_json = json.dumps(rest, sort_keys=True, default=str)
+        return resp
+
+    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+        st = self._state_for(request.version)
+        info = pb.ModelInfo(version=st.version, n_ads=st.M, manifest_json=st.manifest_json,
+                            created_at=st.created_at, n_users=self._n_users)
+        info.ad_ids.extend(st.ad_ids)
+        info.features.extend(st.pb_features)
+        for v in self._store.list_versions():
+            info.versions.add(version=str(v.get("version", "")), created_at=float(v.get("created_at") or 0.0),
+                              n_ads=int(v.get("n_ads") or 0), n_features=int(v.get("n_features") or 0),
+                              generator=str(v.get("generator") or ""), current=bool(v.get("current")))
+        return info
+
+    def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+        return _PONG
+
+
+def _guard(servicer: RankerServicer, name: str, fn: Callable) -> Callable:
+    """Wrap a handler: count it, map refusals to their status, and never let an exception escape."""
+
+    @functools.wraps(fn)
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        lock = servicer._lock
+        with lock:
+            servicer._requests += 1
+        try:
+            if not servicer._ready and name != "Ping":
+                raise RequestError(_SC.UNAVAILABLE, "server is starting: kernels warming up or no version published yet")
+            return fn(request, context)
+        except RequestError as e:
+            code, msg = e.code, e.message
+        except VersionNotFound as e:
+            code, msg = _SC.NOT_FOUND, str(e)
+        except ValueError as e:  # a validation we did not anticipate: still the caller's input
+            code, msg = _SC.INVALID_ARGUMENT, f"invalid request: {e}"
+        except StoreError as e:
+            log.exception("%s: store error", name)
+            code, msg = _SC.INTERNAL, f"store error: {e}"
+        except Exception as e:
+            log.exception("%s: unexpected error", name)
+            code, msg = _SC.INTERNAL, f"internal error in {name}: {type(e).__name__}: {e}"
+        with lock:
+            servicer._errors[code.name] += 1
+        context.abort(code, msg)
+
+    return handler
+
+
+class _GuardedServicer(pb_grpc.RankerServicer):
+    """The servicer's RPC methods, each wrapped by :func:`_guard`."""
+
+    def __init__(self, inner: RankerServicer) -> None:
+        for name in ("Rank", "RankBatch", "Explain", "GetModelInfo", "Ping"):
+            setattr(self, name, _guard(inner, name, getattr(inner, name)))
+
+
+class RankerServer(grpc.Server):
+    """A started grpc.Server plus the Ranker parts tests and operators need.
+
+    Attributes:
+        port: the bound port. servicer: the :class:`RankerServicer` (counters, state).
+        health: the grpc.health.v1 servicer. config: the :class:`ServerConfig`.
+
+    ``stop(grace)`` reports NOT_SERVING first, stops the hot-swap thread, then stops the
+    grpc server letting in-flight calls finish within ``grace`` seconds; a store the
+    server opened itself is closed once the server has terminated.
+    """
+
+    def __init__(self, server: grpc.Server, servicer: RankerServicer, health_servicer: health.HealthServicer,
+                 config: ServerConfig, port: int, owned_store: WeightStore | None) -> None:
+        self._server = server
+        self.servicer = servicer
+        self.health = health_servicer
+        self.config = config
+        self.port = port
+        self._owned_store = owned_store
+        self._stopped: threading.Event | None = None
+        self._close_lock = threading.Lock()
+
+    def _close_owned_store(self) -> None:
+        with self._close_lock:
+            store, self._owned_store = self._owned_store, None
+        if store is not None:
+            store.close()
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers):  # type: ignore[override]
+        return self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name, method_handlers):  # type: ignore[override]
+        return self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self._server.add_secure_port(address, server_credentials)
+
+    def start(self) -> None:
+        self._server.start()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Graceful stop: health NOT_SERVING, ``drain_s`` pause, then grpc stop with ``grace`` s."""
+        if self._stopped is not None:
+            return self._stopped
+        self.health.enter_graceful_shutdown()  # every service NOT_SERVING, later sets ignored
+        self.servicer.close()
+        if self.config.drain_s:
+            time.sleep(self.config.drain_s)  # still serving, but health already says NOT_SERVING
+        event = self._server.stop(grace)
+        self._stopped = event
+        if self._owned_store is not None:
+
+            def close_when_done() -> None:
+                event.wait()
+                self._close_owned_store()
+
+            threading.Thread(target=close_when_done, name="llmhyper-store-close", daemon=True).start()
+        return event
+
+
+def create_server(address: str, store: WeightStore | str, **options: Any) -> tuple[RankerServer, int]:
+    """Build, bind and START a Ranker server.
+
+    Args:
+        address: "host:port" to bind; port 0 picks a free port.
+        store: an open :class:`WeightStore`, or a path opened read-only (and closed when
+            the server stops).
+        **options: :class:`ServerConfig` fields (workers, max_concurrent_rpcs,
+            max_receive_message_bytes, max_send_message_bytes, max_top_k, poll_interval_s,
+            reflection, tls_cert, tls_key, tls_client_ca, tokens, auth_health, grace_s,
+            background_warmup, debug_handler_delay_s, ...). Unknown names raise TypeError.
+
+    Returns:
+        (server, port). Unless ``background_warmup=True`` the kernels are compiled and
+        the current version loaded before this returns (health SERVING if the store
+        holds a version; otherwise it turns SERVING when the first version appears).
+    """
+    config = ServerConfig.from_options(**options)
+    owned = None
+    if isinstance(store, (str, bytes)) or hasattr(store, "__fspath__"):
+        store = owned = WeightStore(store, readonly=True)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True,
+                                            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1))
+    servicer = RankerServicer(store, config, health_servicer)
+    servicer._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    interceptors = []
+    if config.tokens:
+        def rejected(method: str) -> None:
+            with servicer._lock:
+                servicer._errors["UNAUTHENTICATED"] += 1
+
+        exempt = () if config.auth_health else ("/grpc.health.v1.Health/",)
+        interceptors.append(BearerTokenInterceptor(config.tokens, exempt_prefixes=exempt, on_reject=rejected))
+    grpc_options = [
+        ("grpc.max_receive_message_length", int(config.max_receive_message_bytes)),
+        ("grpc.max_send_message_length", int(config.max_send_message_bytes)),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="llmhyper-rpc"),
+        interceptors=interceptors or None,
+        options=grpc_options,
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
+    pb_grpc.add_RankerServicer_to_server(_GuardedServicer(servicer), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.reflection:
+        from grpc_reflection.v1alpha import reflection
+
+        reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["Ranker"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    try:
+        if config.tls_cert is not None:
+            port = server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as e:
+        if owned is not None:
+            owned.close()
+        raise OSError(f"cannot bind {address}: {e}") from None
+    if not port:
+        if owned is not None:
+            owned.close()
+        raise OSError(f"cannot bind {address}")
+    wrapped = RankerServer(server, servicer, health_servicer, config, port, owned)
+    server.start()
+
+    def warm() -> None:
+        try:
+            servicer.load_and_warmup()
+        except Exception:
+            log.exception("warm-up failed; health stays NOT_SERVING, retrying on the next poll")
+        servicer.start_polling()
+
+    if config.background_warmup:
+        threading.Thread(target=warm, name="llmhyper-warmup", daemon=True).start()
+    else:
+        try:
+            servicer.load_and_warmup()
+        except Exception:
+            wrapped.stop(0)
+            raise
+        servicer.start_polling()
+    return wrapped, port
+
+
+def serve(address: str, store: WeightStore | str, *, on_started: Callable[[RankerServer, int], None] | None = None,
+          **options: Any) -> int:
+    """Run a Ranker server until SIGTERM/SIGINT, then shut down gracefully. Blocks.
+
+    Pins scoring to one thread, starts the server with background warm-up (so health
+    answers NOT_SERVING while the kernels compile), calls ``on_started(server, port)``,
+    and on a signal: health NOT_SERVING, ``server.stop(grace_s)`` so in-flight calls
+    finish, store closed. Returns 0.
+    """
+    scoring.set_threads(1)
+    options.setdefault("background_warmup", True)
+    server, port = create_server(address, store, **options)
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        if on_started is not None:
+            on_started(server, port)
+        while not stop.wait(0.5):
+            pass
+        log.info("signal %s: NOT_SERVING, stopping with %.1fs grace", received[0] if received else "?", server.config.grace_s)
+        server.stop(server.config.grace_s).wait()
+        server._close_owned_store()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
