@@ -514,6 +514,10 @@ def _publish(args: argparse.Namespace) -> int:
 def _register_offline_commands() -> None:
     """Register build/demo/evaluate (their modules import offline code only when they run)."""
     import llmhyper.build_cmds  # noqa: F401
+    from llmhyper import evaluate_cmd
+
+    if "evaluate" not in COMMANDS:
+        evaluate_cmd.register(command)
 
 
 def build_parser() -> argparse.ArgumentParser:
