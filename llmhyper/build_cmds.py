@@ -31,6 +31,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", default=None, help="LLM endpoint base URL (OpenAI-compatible server, or a Gemini proxy)")
     p.add_argument("--embedder", default=None, help="'minilm' or 'openclip:MODEL[:PRETRAINED_TAG_OR_CHECKPOINT]'")
     p.add_argument("--k", type=int, default=None, help="reference ads per cold ad")
+    p.add_argument("--limit", type=int, default=None, dest="limit_cold",
+                   help="generate only the first N cold ads (to try an LLM configuration cheaply)")
     p.add_argument("--work-dir", default=None, help="cache directory (warm weights, embeddings, LLM responses)")
     p.add_argument("--store", default=None, help="LMDB weight store to publish into (created if missing)")
     p.add_argument("--out", default=None, help="also write the weights file (.npz) and user table (<out>.users.npz)")
@@ -45,7 +47,7 @@ def _config_from_args(args: argparse.Namespace):
     try:
         cfg = BuildConfig.from_file(args.config) if args.config else BuildConfig()
         overrides: dict[str, Any] = {}
-        for key in ("dataset", "generator", "embedder", "k"):
+        for key in ("dataset", "generator", "embedder", "k", "limit_cold"):
             if getattr(args, key, None) is not None:
                 overrides[key] = getattr(args, key)
         if getattr(args, "work_dir", None):

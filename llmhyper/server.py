@@ -159,6 +159,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         self._errors: collections.Counter[str] = collections.Counter()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._poller_lock = threading.Lock()
         self._delay = float(config.debug_handler_delay_s)
         self._max_k = int(config.max_top_k)
 
@@ -170,16 +171,20 @@ class RankerServicer(pb_grpc.RankerServicer):
         self._poll_once()
 
     def start_polling(self) -> None:
-        """Start the hot-swap thread (idempotent)."""
-        if self._poller is None:
-            self._poller = threading.Thread(target=self._poll_loop, name="llmhyper-hotswap", daemon=True)
-            self._poller.start()
+        """Start the hot-swap thread (idempotent; a no-op after close())."""
+        with self._poller_lock:
+            if self._poller is None and not self._stop.is_set():
+                poller = threading.Thread(target=self._poll_loop, name="llmhyper-hotswap", daemon=True)
+                poller.start()
+                self._poller = poller  # published only once started, so close() may always join it
 
     def close(self) -> None:
         """Stop the hot-swap thread."""
-        self._stop.set()
-        if self._poller is not None and self._poller is not threading.current_thread():
-            self._poller.join(timeout=2.0)
+        with self._poller_lock:
+            self._stop.set()
+            poller = self._poller
+        if poller is not None and poller is not threading.current_thread():
+            poller.join(timeout=2.0)
 
     @property
     def ready(self) -> bool:

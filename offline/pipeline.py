@@ -53,6 +53,8 @@ class BuildConfig:
     user_sample: users sampled (seeded) for calibration's mean-CTR target.
     on_failure: what to do with an ad whose generation failed: ``fallback`` to the kNN weights,
         ``exclude`` it from the version, or ``abort`` the build.
+    limit_cold: generate only the first N cold ads (by ad index), e.g. to try an LLM config
+        cheaply; None: all of them.
     work_dir: caches (warm weights, embeddings, LLM responses).
     """
 
@@ -71,6 +73,7 @@ class BuildConfig:
     shift: bool | None = None
     user_sample: int = 2000
     on_failure: str = "fallback"
+    limit_cold: int | None = None
     work_dir: str = ".llmhyper-work"
     seed: int = 0
 
@@ -82,6 +85,8 @@ class BuildConfig:
             raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {self.on_failure!r}")
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+        if self.limit_cold is not None and self.limit_cold < 1:
+            raise ValueError(f"limit_cold must be >= 1 or null, got {self.limit_cold}")
         if self.user_sample < 1:
             raise ValueError(f"user_sample must be >= 1, got {self.user_sample}")
         if self.l2 is not None and not self.l2 > 0:
@@ -262,6 +267,8 @@ def prepare(ds: Dataset, cfg: BuildConfig, quiet: bool = True) -> Prepared:
         raise BuildError("split: no warm (retired) ads before the cutoff; nothing to learn from")
     if len(split.cold) == 0:
         raise BuildError("split: no cold (active) ads at or after the cutoff; nothing to generate")
+    if cfg.limit_cold is not None:
+        split = Split(warm=split.warm, cold=split.cold[: cfg.limit_cold], cutoff=split.cutoff)
     _log(f"split: cutoff={split.cutoff:.0f} warm={len(split.warm)} cold={len(split.cold)} "
          f"users={ds.n_users} features={len(ds.features)}", quiet)
     t0 = time.perf_counter()
@@ -405,6 +412,7 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
                 continue
             if cfg.on_failure == "exclude":
                 keep[c] = False
+                thetas[c] = 0.0  # never published; keeps calibration's inputs finite
             else:
                 thetas[c] = fallback.generate(prep.cold_ads[c], nl[c], ds.features).theta
     default_norm, default_shift = default_calibration(cfg.generator)
@@ -414,6 +422,8 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
     t0 = time.perf_counter()
     cal_thetas, cal_info = calibrate_cold(prep, thetas, Xs, normalize, shift)
     prep.timings["calibrate_s"] = time.perf_counter() - t0
+    if not keep.any():
+        raise BuildError(f"generate: every ad failed; nothing to publish (first: {failed[0]})")
     if not np.all(np.isfinite(cal_thetas)):
         raise BuildError("calibrate: produced non-finite weights")
 

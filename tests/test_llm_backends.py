@@ -101,10 +101,20 @@ def test_openai_falls_back_to_json_object(server):
     server.always("400_schema")
     r = b.complete("SYS", USER, SCHEMA)
     assert r.text == '{"g1": 0.01, "g2": 0.02}'
-    assert b.format_mode == "json_object"
+    assert b.format_mode == "json_object_schema"
     assert [q["body"]["response_format"]["type"] for q in server.requests] == ["json_schema", "json_object"]
     b.complete("SYS", USER, SCHEMA)
-    assert server.requests[-1]["body"]["response_format"]["type"] == "json_object"
+    assert server.requests[-1]["body"]["response_format"] == {"type": "json_object", "schema": SCHEMA}
+
+
+def test_openai_llamacpp_style_500_validation_error_downgrades_format(server):
+    """llama-cpp-python answers an unsupported response_format with HTTP 500 + a validation error."""
+    b = _backend("openai", server)
+    server.always("llamacpp_schema")
+    r = b.complete("SYS", USER, SCHEMA)
+    assert r.text == '{"g1": 0.01, "g2": 0.02}'
+    assert [q["body"]["response_format"]["type"] for q in server.requests] == ["json_schema", "json_object"]
+    assert b.format_mode == "json_object_schema"
 
 
 @pytest.mark.parametrize("kind", ["gemini", "openai"])

@@ -2,8 +2,10 @@
 
 One ``httpx`` POST to ``{base_url}/chat/completions`` per call, no retries of its own.
 Structured output: ``response_format={"type": "json_schema", ...}``; a server that rejects it
-(HTTP 400/422 naming response_format/json_schema) is switched once to ``json_object``, and
-from ``json_object`` to plain prompting, for the rest of this backend's life.
+(HTTP 400/422, or a 500 whose body is a validation error naming response_format/json_schema, as
+llama-cpp-python's server answers) is switched once to ``json_object`` with a ``schema`` (the
+llama.cpp-server form of schema-constrained output), then to plain ``json_object``, then to
+plain prompting, for the rest of this backend's life.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from offline.llm.base import (
     parse_retry_after,
 )
 
-_FORMAT_MODES = ("json_schema", "json_object", "none")
+_FORMAT_MODES = ("json_schema", "json_object_schema", "json_object", "none")
 _FORMAT_COMPLAINT = re.compile(r"response_format|json_schema|json_object|schema", re.IGNORECASE)
 
 
@@ -32,7 +34,8 @@ class OpenAICompatBackend:
 
     base_url: API root including the version path, e.g. ``http://127.0.0.1:8080/v1``.
     api_key: optional bearer token; else the env var named by ``api_key_env`` if set.
-    response_format: "json_schema" (default), "json_object" or "none" (first mode tried).
+    response_format: "json_schema" (default), "json_object_schema", "json_object" or "none"
+    (the first mode tried; see the module docstring for the downgrade order).
     """
 
     name = "openai"
@@ -92,7 +95,9 @@ class OpenAICompatBackend:
                 "type": "json_schema",
                 "json_schema": {"name": "weights", "strict": True, "schema": schema},
             }
-        elif mode in ("json_schema", "json_object"):
+        elif mode == "json_object_schema" and schema is not None:
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        elif mode != "none":
             body["response_format"] = {"type": "json_object"}
         return body
 
@@ -117,7 +122,8 @@ class OpenAICompatBackend:
                 err_body: Any = r.json()
             except ValueError:
                 err_body = text
-            if r.status_code in (400, 422) and mode != "none" and _FORMAT_COMPLAINT.search(text or ""):
+            if (r.status_code in (400, 422) or (r.status_code == 500 and "validation error" in (text or "")))\
+                    and mode != "none" and _FORMAT_COMPLAINT.search(text or ""):
                 with self._lock:  # downgrade the structured-output mode once, then try again
                     if self.format_mode == mode:
                         self.format_mode = _FORMAT_MODES[_FORMAT_MODES.index(mode) + 1]

@@ -13,7 +13,8 @@ project's prompt code, as a real model would be.
 
 Scripted repertoire (``behaviour`` names): ok, ok_fenced, 429, 503, 500, quota (daily-quota
 429), 401, 400, 400_schema (OpenAI route: reject response_format json_schema, accept
-json_object), drop (connection closed without a response), bad_envelope (HTTP 200 with a
+json_object), llamacpp_schema (OpenAI route: reject json_schema with HTTP 500 and a request
+validation error, as llama-cpp-python's server does), drop (connection closed without a response), bad_envelope (HTTP 200 with a
 non-JSON body), truncated, malformed, nan, inf,
 neg_inf, 1e400, 1e308, missing, extra, prose, string_value, bool_value, null_value, empty,
 duplicate. ``script()`` queues behaviours consumed in order (optionally only by prompts that
@@ -37,7 +38,7 @@ POISON = [
     "truncated", "malformed", "nan", "inf", "neg_inf", "1e400", "1e308", "missing", "extra",
     "prose", "string_value", "bool_value", "null_value", "empty", "duplicate",
 ]
-_OK = ("ok", "ok_fenced", "400_schema")
+_OK = ("ok", "ok_fenced", "400_schema", "llamacpp_schema")
 HTTP_ERRORS = ["429", "503", "500", "quota", "401", "400", "drop", "bad_envelope"]
 
 _BLOCK = re.compile(r"^<<<DATA ([A-Za-z0-9_]+)>>>\n(.*)\n<<<END DATA>>>$", re.MULTILINE)
@@ -304,6 +305,9 @@ class FakeLLMServer:
         if behaviour == "400_schema" and route == "openai" and rf.get("type") == "json_schema":
             return self._send(h, 400, {"error": {"message": "response_format type json_schema is not supported",
                                                  "type": "invalid_request_error"}})
+        if behaviour == "llamacpp_schema" and route == "openai" and rf.get("type") == "json_schema":
+            return self._send(h, 500, {"error": {"message": "1 validation error: response_format.type: Input should "
+                                                            "be 'text' or 'json_object'", "type": "internal_server_error"}})
         if behaviour in ("429", "503", "500", "quota", "401", "400"):
             return self._send_error(h, route, behaviour)
         reasoning = "ad_analysis" in json.dumps(schema) or '"ad_analysis"' in user
