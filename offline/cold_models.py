@@ -10,21 +10,18 @@ CTRs, and the feature definitions. Fitting steps read retired (warm) ads only.
 * user part (every weight but the intercept): softmax(similarity / temperature) mix of the
   top-``k`` neighbours' trained weights, plus a *drift* correction: the per-feature linear
   trend of retired weights over launch time (fitted on all retired ads, recency-weighted),
-  applied from the neighbours' mean launch time to the cutoff. Retired ads launched close to
-  the cutoff are rated by the audience that is active when cold ads launch; the trend moves
-  the old neighbours' weights toward that audience.
-* intercept (default ``neighbour_ctr``): solved (eq. 2 shift over a user sample) so the ad's
-  mean predicted CTR equals a target: the plain mean CTR of the ``ctr_k`` most similar
-  neighbours, moved by the launch-time trend of retired log-odds CTR to the cutoff, with its
-  deviation from the retired mean log-odds scaled by ``ctr_gain`` (1.5: chosen on pseudo-cold
-  retired ads). Option ``neighbours``: the mix's own intercept. Option ``content``: a separate
-  content model. Ridge regression from [embedding, recency,
-  embedding x recency] to the retired ads' log-odds CTR, fitted on retired ads with sample
-  weights exp(recency / scale) (recently launched ads look most like cold ones); a cold ad is
-  scored at recency 0 (launched at the cutoff). The intercept is then solved so the ad's mean
-  predicted CTR over a user sample equals the predicted CTR (the same shift as eq. 2). It
-  ranks cold ads' CTRs better (Spearman) but lost AUC on the pseudo-cold validation and on
-  MovieLens, so it is off by default (numbers in the README).
+  applied from the neighbours' mean launch time to the cutoff.
+* intercept (default ``stacked``): solved (eq. 2 shift over a user sample) so the ad's mean
+  predicted CTR equals a predicted CTR. Two base predictors of the log-odds CTR: the
+  neighbours' mean CTR moved by the launch-time trend, and a ridge content model from
+  [embedding, category one-hot, stated year -> age at launch] (:class:`ContentEncoder`),
+  recency-weighted toward recently launched retired ads and scored at the cutoff. They are
+  combined by least squares fitted on an internal pseudo-cold split of the retired ads (latest
+  ``stack_frac`` by launch, base models from the rest), and the combined prediction is
+  quantile-mapped onto those held-out retired ads' log-odds distribution (regression shrinks
+  the spread; the mapping restores it, so no hand-set gain). Options ``neighbour_ctr``
+  (previous default, with ``ctr_gain``), ``content`` and ``neighbours`` stay available;
+  ``shrink`` pulls the user part toward the mean retired user part (hurt on validation).
 
 Hyper-parameters were chosen on RETIRED ads only: the latest 20% of retired ads by launch
 time act as pseudo-cold ads (neighbours and intercept model from the earlier 80%); see
@@ -34,6 +31,7 @@ time act as pseudo-cold ads (neighbours and intercept model from the earlier 80%
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -143,6 +141,58 @@ def embedding_scores(prep: "Prepared", users: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- the improved default
+YEAR_RE = re.compile(r"(?<!\d)(1[89]\d\d|20\d\d)(?!\d)")
+YEAR_S = 365.25 * DAY
+
+
+def content_year(ad: Any) -> float:
+    """A year (1800-2099) stated in the ad's content: the last one in the title (e.g. a film's
+    release year, ``Titanic (1997)``), else the first in the description; NaN when none."""
+    m = YEAR_RE.findall(getattr(ad, "title", "") or "")
+    if m:
+        return float(m[-1])
+    m = YEAR_RE.findall(getattr(ad, "description", "") or "")
+    return float(m[0]) if m else float("nan")
+
+
+class ContentEncoder:
+    """Content features of an ad for the intercept model, f64 rows:
+    [embedding (d), one-hot category (categories with >= ``min_count`` retired ads),
+    has_year, log1p(age), age < 1, age < 2] where age = years from the stated year
+    (:func:`content_year`) to the ad's launch (catalog metadata), clipped to [0, 100]; the
+    year block is 0 for an ad without a stated year. Works for any dataset: an ad without
+    category or year simply gets zeros there."""
+
+    def __init__(self, min_count: int = 3) -> None:
+        self.min_count = min_count
+        self.categories: list[str] = []
+
+    def fit(self, ads: Sequence[Any]) -> "ContentEncoder":
+        counts: dict[str, int] = {}
+        for a in ads:
+            c = getattr(a, "category", "") or ""
+            if c:
+                counts[c] = counts.get(c, 0) + 1
+        self.categories = sorted(c for c, n in counts.items() if n >= self.min_count)
+        return self
+
+    def transform(self, ads: Sequence[Any], emb: np.ndarray) -> np.ndarray:
+        """ads (n) with their embeddings f[n, d] -> f64[n, d + n_categories + 4]."""
+        emb = np.asarray(emb, dtype=np.float64).reshape(len(ads), -1)
+        cat = np.zeros((len(ads), len(self.categories)))
+        pos = {c: j for j, c in enumerate(self.categories)}
+        yr = np.zeros((len(ads), 4))
+        for i, a in enumerate(ads):
+            j = pos.get(getattr(a, "category", "") or "")
+            if j is not None:
+                cat[i, j] = 1.0
+            y = content_year(a)
+            if math.isfinite(y):
+                age = float(np.clip(1970.0 + float(a.launched_at) / YEAR_S - y, 0.0, 100.0))
+                yr[i] = (1.0, math.log1p(age), float(age < 1.0), float(age < 2.0))
+        return np.concatenate([emb, cat, yr], axis=1)
+
+
 def _ridge_fit(A: np.ndarray, y: np.ndarray, lam: float, w: np.ndarray | None) -> tuple[np.ndarray, float, np.ndarray]:
     """Weighted ridge (intercept unpenalised): returns (mu [p], y_mean, beta [p])."""
     w = np.ones(A.shape[0]) if w is None else np.asarray(w, dtype=np.float64)
@@ -156,28 +206,89 @@ def _ridge_fit(A: np.ndarray, y: np.ndarray, lam: float, w: np.ndarray | None) -
     return mu, ym, beta
 
 
+class _BaseIntercepts:
+    """The base log-odds CTR predictors of a cold ad, fitted on a pool of retired ads:
+    ``nbr`` = logit of the plain mean CTR of the ``ctr_k`` most similar neighbours, moved by the
+    pool's launch-time trend of log-odds CTR to the cutoff; ``content`` = weighted ridge from
+    standardised content features (:class:`ContentEncoder`) plus recency to log-odds CTR,
+    scored at recency 0 (launched at the cutoff)."""
+
+    def __init__(self, cfg: "ContentKNNConfig") -> None:
+        self.cfg = cfg
+
+    def fit(self, ctr: np.ndarray, rec: np.ndarray, A: np.ndarray, sw: np.ndarray | None,
+            n_meta: int = 0) -> "_BaseIntercepts":
+        """ctr [W]; rec [W] days (<= 0); A f64[W, d + n_meta] = [embedding | metadata columns]
+        (:class:`ContentEncoder`); sw: sample weights or None."""
+        self.n_meta = n_meta
+        y = _logit_ctr(ctr)
+        w = np.ones(y.size) if sw is None else sw
+        D = np.stack([np.ones_like(rec), rec], axis=1)
+        G = D.T @ (w[:, None] * D)
+        self.ctr_center = float((w * y).sum() / w.sum())
+        self.ctr_slope = float(np.linalg.solve(G, D.T @ (w * y))[1])  # log-odds per day
+        self.a_mu = A.mean(axis=0)
+        sd = A.std(axis=0)
+        self.a_sd = np.where(sd > 1e-12, sd, 1.0)
+        self.ridge = _ridge_fit(self._design(A, rec), y, self.cfg.ridge_l2, sw)
+        return self
+
+    def _design(self, A: np.ndarray, rec: np.ndarray) -> np.ndarray:
+        Z = (A - self.a_mu) / self.a_sd
+        if not self.cfg.content_embedding and self.n_meta:
+            Z = Z[:, Z.shape[1] - self.n_meta:]
+        r = (np.asarray(rec) / 10.0)[:, None]
+        # recency x metadata: e.g. a stated year's effect differs between catalog and new ads
+        inter = r * Z[:, Z.shape[1] - self.n_meta:] if self.cfg.recency_interactions else Z[:, :0]
+        return np.concatenate([Z, r, inter], axis=1)
+
+    def content(self, A: np.ndarray) -> np.ndarray:
+        mu, ym, beta = self.ridge
+        return ym + (self._design(A, np.zeros(A.shape[0])) - mu) @ beta
+
+    def nbr(self, ctrs: np.ndarray, recs: np.ndarray) -> float:
+        """ctrs / recs: the ``ctr_k`` most similar neighbours' CTRs and recencies (days)."""
+        ok = np.isfinite(ctrs)
+        lo = float(_logit_ctr(np.array([ctrs[ok].mean() if ok.any() else 0.05]))[0])
+        if self.cfg.ctr_drift:
+            lo += (0.0 - float(np.mean(recs))) * self.ctr_slope
+        return lo
+
+
 @dataclass
 class ContentKNNConfig:
     """Settings of :class:`ContentKNNGenerator` (defaults chosen on pseudo-cold retired ads).
 
-    k: neighbours mixed (of those retrieved); temperature: softmax temperature over cosine
-    similarity; drift: apply the launch-time trend to the user part; intercept: ``content``
-    (ridge model), ``neighbours`` (the mix's own intercept, no shift) or ``neighbour_ctr``
-    (shift to the neighbours' mean CTR); ridge_l2: ridge penalty; recency_scale_days: sample
-    weight exp(recency / scale) of retired ads in the fits (None = uniform); shrink: pull of
-    the user part toward the mean retired weights (0 = none); user_sample: users in the shift.
+    User part: k neighbours mixed by softmax(similarity / temperature); drift: apply the
+    launch-time trend to it; shrink: pull toward the (recency-weighted, drift-corrected) mean
+    retired user part, 0 = none, 1 = every cold ad shares one user part.
+    Intercept: ``stacked`` (both base predictors combined by least squares on an internal
+    pseudo-cold split of the retired ads, the latest ``stack_frac`` by launch),
+    ``neighbour_ctr`` (the neighbours' mean CTR), ``content`` (the ridge content model) or
+    ``neighbours`` (the mix's own intercept, no shift); ctr_k: neighbours in the CTR mean;
+    content_embedding: the content model uses the embedding (else metadata only);
+    recency_interactions: add recency x metadata columns to the content model;
+    ctr_gain: scale of the predicted log-odds around its centre; quantile_map (stacked only):
+    map predictions onto the internal held-out ads' log-odds distribution (restores the spread
+    regression shrinks). ridge_l2: ridge penalty (standardised columns);
+    recency_scale_days: sample weight exp(recency / scale) of retired ads (None = uniform);
+    user_sample: users in the intercept shift.
     """
 
     k: int = 20
     temperature: float = 0.1
     drift: bool = True
-    intercept: str = "neighbour_ctr"
+    intercept: str = "stacked"
     ridge_l2: float = 10.0
     recency_scale_days: float | None = 7.0
     shrink: float = 0.0
     ctr_k: int = 20
     ctr_drift: bool = True
-    ctr_gain: float = 1.5
+    ctr_gain: float = 1.0
+    quantile_map: bool = True
+    stack_frac: float = 0.2
+    content_embedding: bool = True
+    recency_interactions: bool = False
     user_sample: int = 2000
     seed: int = 0
 
@@ -188,22 +299,30 @@ class ContentKNNConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.ctr_k < 1:
             raise ValueError(f"ctr_k must be >= 1, got {self.ctr_k}")
-        if self.intercept not in ("content", "neighbours", "neighbour_ctr"):
-            raise ValueError(f"intercept must be 'content', 'neighbours' or 'neighbour_ctr', got {self.intercept!r}")
+        if self.intercept not in INTERCEPTS:
+            raise ValueError(f"intercept must be one of {INTERCEPTS}, got {self.intercept!r}")
         if not self.ridge_l2 > 0:
             raise ValueError(f"ridge_l2 must be > 0, got {self.ridge_l2}")
         if self.recency_scale_days is not None and not self.recency_scale_days > 0:
             raise ValueError(f"recency_scale_days must be > 0 or None, got {self.recency_scale_days}")
         if not 0.0 <= self.shrink <= 1.0:
             raise ValueError(f"shrink must be in [0, 1], got {self.shrink}")
+        if not (self.ctr_gain >= 0 and math.isfinite(self.ctr_gain)):
+            raise ValueError(f"ctr_gain must be a finite number >= 0, got {self.ctr_gain}")
+        if not 0.0 < self.stack_frac < 1.0:
+            raise ValueError(f"stack_frac must be in (0, 1), got {self.stack_frac}")
+
+
+INTERCEPTS = ("stacked", "neighbour_ctr", "content", "neighbours")
 
 
 class ContentKNNGenerator:
     """The improved deterministic cold-start generator (see the module docstring).
 
     Construct, then ``fit(prepared, users=None)`` once (reads retired ads' weights, CTRs,
-    launch times and every ad's embedding; ``users`` restricts the user sample of the intercept
-    shift, e.g. to training users), then ``generate(ad, neighbours, features)`` per cold ad.
+    launch times, content and every ad's embedding; ``users`` restricts the user sample of the
+    intercept shift, e.g. to training users), then ``generate(ad, neighbours, features)`` per
+    cold ad.
     """
 
     name = "knn-content"
@@ -219,40 +338,72 @@ class ContentKNNGenerator:
         self._fitted = False
 
     def config(self) -> dict:
-        """The settings, for the manifest."""
-        return dict(self.cfg.__dict__)
+        """The settings (and, once fitted, the stacked intercept coefficients), for the manifest."""
+        d = dict(self.cfg.__dict__)
+        if self._fitted and self.stack is not None:
+            d["stack_coef"] = [float(v) for v in self.stack]
+        return d
 
     # -- fitting -------------------------------------------------------------------------
-    def _recency(self, launched_at: np.ndarray) -> np.ndarray:
+    def _recency(self, launched_at: np.ndarray, cutoff: float | None = None) -> np.ndarray:
         """Days relative to the cutoff, clipped at 0 (a cold ad counts as launched at the cutoff)."""
-        return np.minimum((np.asarray(launched_at, dtype=np.float64) - self.cutoff) / DAY, 0.0)
+        cut = self.cutoff if cutoff is None else cutoff
+        return np.minimum((np.asarray(launched_at, dtype=np.float64) - cut) / DAY, 0.0)
 
-    def _design(self, emb: np.ndarray, rec: np.ndarray) -> np.ndarray:
-        r = (rec / 10.0)[:, None]
-        return np.concatenate([emb, r, emb * r], axis=1)
+    def _weights(self, rec: np.ndarray) -> np.ndarray | None:
+        s = self.cfg.recency_scale_days
+        return None if s is None else np.exp(rec / s)
+
+    def _fit_stack(self, ctr: np.ndarray, launched: np.ndarray, A: np.ndarray, emb: np.ndarray) -> None:
+        """Least-squares weights of [1, nbr, content] -> log-odds CTR on the latest
+        ``stack_frac`` retired ads, base predictors fitted on the earlier ones."""
+        c = self.cfg
+        cut = float(np.quantile(launched, 1.0 - c.stack_frac))
+        pool, held = np.flatnonzero(launched < cut), np.flatnonzero(launched >= cut)
+        if pool.size < 2 or held.size < 3:
+            raise ValueError(f"stacked intercept needs more retired ads (got {launched.size})")
+        rec = self._recency(launched[pool], cut)
+        base = _BaseIntercepts(c).fit(ctr[pool], rec, A[pool], self._weights(rec), self.n_meta)
+        sims = emb[held] @ emb[pool].T
+        top = np.argsort(-sims, axis=1, kind="stable")[:, : min(c.ctr_k, pool.size)]
+        p_nbr = np.array([base.nbr(ctr[pool][t], rec[t]) for t in top])
+        P = np.stack([np.ones(held.size), p_nbr, base.content(A[held])], axis=1)
+        y = _logit_ctr(ctr[held])
+        self.stack = np.linalg.lstsq(P, y, rcond=None)[0]
+        fitted = P @ self.stack
+        self.stack_center = float(fitted.mean())
+        self.qmap = (np.sort(fitted), np.sort(y))
 
     def fit_arrays(self, warm_theta: np.ndarray, warm_ctr: np.ndarray, warm_launched: np.ndarray,
                    warm_emb: np.ndarray, cutoff: float, X_users: np.ndarray,
-                   emb_by_id: dict[str, np.ndarray]) -> "ContentKNNGenerator":
+                   emb_by_id: dict[str, np.ndarray], warm_ads: Sequence[Any] | None = None) -> "ContentKNNGenerator":
         """Fit from plain arrays: retired weights f[W,F], CTRs [W], launch times (unix s) [W],
         embeddings [W,d]; cutoff (unix s); user feature rows f[S,F] for the intercept shift;
-        content embedding of every ad that may be generated, by ad id."""
+        content embedding of every ad that may be generated, by ad id; the retired ``Ad``
+        records (category, title/description years for the content model; None = embedding only)."""
         c = self.cfg
         W = np.asarray(warm_theta, dtype=np.float64)
+        ctr = np.asarray(warm_ctr, dtype=np.float64)
+        launched = np.asarray(warm_launched, dtype=np.float64)
+        emb = np.asarray(warm_emb, dtype=np.float64)
         self.cutoff = float(cutoff)
-        rec = self._recency(warm_launched)
-        sw = None if c.recency_scale_days is None else np.exp(rec / c.recency_scale_days)
+        rec = self._recency(launched)
+        sw = self._weights(rec)
         # drift: weighted linear trend of every weight over launch time
         w = np.ones(W.shape[0]) if sw is None else sw
-        A = np.stack([np.ones_like(rec), rec], axis=1)
-        G = A.T @ (w[:, None] * A)
-        self.slope = np.linalg.solve(G, A.T @ (w[:, None] * W))[1]  # [F] per day
-        self.mean_theta = (w[:, None] * W).sum(axis=0) / w.sum()
-        self.ctr_center = float((w * _logit_ctr(warm_ctr)).sum() / w.sum())
-        self.ctr_slope = float(np.linalg.solve(G, A.T @ (w * _logit_ctr(warm_ctr)))[1])  # log-odds per day
-        # intercept model: ridge from content (+ recency) to log-odds CTR
-        self._ridge = _ridge_fit(self._design(np.asarray(warm_emb, np.float64), rec), _logit_ctr(warm_ctr),
-                                 c.ridge_l2, sw)
+        D = np.stack([np.ones_like(rec), rec], axis=1)
+        G = D.T @ (w[:, None] * D)
+        self.slope = np.linalg.solve(G, D.T @ (w[:, None] * W))[1]  # [F] per day
+        # shrink target: the recency-weighted mean weights, moved by the trend to the cutoff
+        self.mean_theta = (w[:, None] * W).sum(axis=0) / w.sum() - float((w * rec).sum() / w.sum()) * self.slope
+        self.encoder = ContentEncoder().fit(warm_ads) if warm_ads is not None else None
+        A = self._content_rows(warm_ads, emb)
+        self.n_meta = A.shape[1] - emb.shape[1]
+        self.base = _BaseIntercepts(c).fit(ctr, rec, A, sw, self.n_meta)
+        self.ctr_center, self.ctr_slope = self.base.ctr_center, self.base.ctr_slope
+        self.stack = None
+        if c.intercept == "stacked":
+            self._fit_stack(ctr, launched, A, emb)
         X = np.asarray(X_users, dtype=np.float64)
         if X.shape[0] > c.user_sample:
             X = X[np.sort(np.random.default_rng(c.seed).choice(X.shape[0], c.user_sample, replace=False))]
@@ -261,6 +412,11 @@ class ContentKNNGenerator:
         self._fitted = True
         return self
 
+    def _content_rows(self, ads: Sequence[Any] | None, emb: np.ndarray) -> np.ndarray:
+        if self.encoder is None or ads is None:
+            return np.asarray(emb, dtype=np.float64).reshape(emb.shape[0] if np.ndim(emb) == 2 else 1, -1)
+        return self.encoder.transform(ads, emb)
+
     def fit(self, prep: "Prepared", users: np.ndarray | None = None) -> "ContentKNNGenerator":
         """Fit on a prepared build (retired ads only); ``users``: user indices for the shift sample."""
         ds, sp = prep.dataset, prep.split
@@ -268,15 +424,35 @@ class ContentKNNGenerator:
         ids = ds.ad_ids
         emb_by_id = {ids[i]: prep.emb[i] for i in range(len(ids))}
         return self.fit_arrays(prep.warm_theta, prep.warm_ctr, ds.launched_at[sp.warm], prep.emb[sp.warm],
-                               sp.cutoff, X, emb_by_id)
+                               sp.cutoff, X, emb_by_id, warm_ads=[ds.ads[i] for i in sp.warm])
 
-    def predict_logit_ctr(self, emb: np.ndarray, launched_at: float) -> float:
-        """The content model's log-odds CTR for one ad (embedding f[d], launch time unix s)."""
-        mu, ym, beta = self._ridge
-        a = self._design(np.asarray(emb, np.float64)[None, :], self._recency(np.array([launched_at])))[0]
-        return float(ym + (a - mu) @ beta)
+    def predict_logit_ctr(self, emb: np.ndarray, launched_at: float, ad: Any | None = None) -> float:
+        """The content model's log-odds CTR for one ad (embedding f[d], launch time unix s; ``ad``
+        supplies category and stated year when the generator was fitted with retired ads)."""
+        if ad is None:
+            ad = SimpleAd(launched_at)
+        return float(self.base.content(self._content_rows([ad], np.asarray(emb)[None, :]))[0])
 
     # -- generation ----------------------------------------------------------------------
+    def intercept_logit(self, ad: "Ad", neighbours: Sequence[Neighbour]) -> float:
+        """The predicted log-odds CTR of a cold ad (before ``ctr_gain``'s centring is undone:
+        the value the intercept shift targets), per ``intercept``."""
+        c = self.cfg
+        by_sim = sorted(range(len(neighbours)), key=lambda i: (-float(neighbours[i].similarity), i))[: c.ctr_k]
+        ctrs = np.array([neighbours[i].mean_ctr for i in by_sim], dtype=np.float64)
+        recs = self._recency(np.array([neighbours[i].ad.launched_at for i in by_sim]))
+        p_nbr = self.base.nbr(ctrs, recs)
+        emb = self.emb_by_id.get(ad.ad_id)
+        if c.intercept == "neighbour_ctr" or emb is None:  # (also the fallback without an embedding)
+            return self.ctr_center + c.ctr_gain * (p_nbr - self.ctr_center)
+        p_con = self.predict_logit_ctr(emb, ad.launched_at, ad)
+        if c.intercept == "content":
+            return self.ctr_center + c.ctr_gain * (p_con - self.ctr_center)
+        lo = float(self.stack @ np.array([1.0, p_nbr, p_con]))
+        if c.quantile_map:
+            lo = float(np.interp(lo, *self.qmap))
+        return self.stack_center + c.ctr_gain * (lo - self.stack_center)
+
     def generate(self, ad: "Ad", neighbours: list[Neighbour], features: list[tuple[str, str]]) -> Generated:
         """Weights f32[F] for one cold ad (index 0 = intercept); samples = the mixed neighbours."""
         if not self._fitted:
@@ -300,33 +476,41 @@ class ContentKNNGenerator:
         if c.shrink > 0:
             theta[1:] = (1 - c.shrink) * theta[1:] + c.shrink * self.mean_theta[1:]
         if c.intercept != "neighbours":
-            if c.intercept == "content" and ad.ad_id in self.emb_by_id:
-                target = float(expit(self.predict_logit_ctr(self.emb_by_id[ad.ad_id], ad.launched_at)))
-            else:  # neighbours' CTR (also the fallback for an ad without a known embedding)
-                by_sim = sorted(range(len(neighbours)), key=lambda i: (-float(neighbours[i].similarity), i))
-                ctr = np.array([neighbours[i].mean_ctr for i in by_sim[: c.ctr_k]], dtype=np.float64)
-                ctr = ctr[np.isfinite(ctr)]
-                lo = float(_logit_ctr(np.array([ctr.mean() if ctr.size else 0.05]))[0])
-                if c.ctr_drift:
-                    nb_rec = self._recency(np.array([neighbours[i].ad.launched_at for i in by_sim[: c.ctr_k]]))
-                    lo += (0.0 - float(nb_rec.mean())) * self.ctr_slope
-                lo = self.ctr_center + c.ctr_gain * (lo - self.ctr_center)
-                target = float(expit(lo))
+            target = float(expit(self.intercept_logit(ad, neighbours)))
             theta[0] += solve_shift(self.X_sample @ theta, target)
         return _generated(theta, T)
 
 
+@dataclass
+class SimpleAd:
+    """A content-less stand-in ad (only a launch time) for :meth:`predict_logit_ctr`."""
+
+    launched_at: float
+    title: str = ""
+    description: str = ""
+    category: str = ""
+
+
 # ------------------------------------------------------------------------ tuning on retired ads
 def pseudo_cold_validation(prep: "Prepared", configs: dict[str, dict], frac: float = 0.2,
-                           k_retrieve: int = 50) -> dict[str, dict[str, float]]:
+                           k_retrieve: int = 20, X_users: np.ndarray | None = None,
+                           pool_theta: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Score generator settings on RETIRED ads only: the latest ``frac`` of retired ads by launch
     time play the cold ads; the rest are their retired pool (neighbours by cosine of the content
-    embeddings, intercept model and drift fitted on the pool). Labels of the pseudo-cold ads
-    (retired data) score AUC, per-ad AUC and NDCG@10 over all users.
+    embeddings, ``k_retrieve`` of them as in the evaluation, intercept model and drift fitted on
+    the pool). Labels of the pseudo-cold ads (retired data) score AUC, per-ad AUC, NDCG@10 and
+    the Spearman correlation of the predicted with the observed log-odds CTR, over all users.
 
-    configs: name -> ContentKNNGenerator options, or {"raw_knn": {"k":..,"temperature":..}}
-    style entries with key ``"_raw": True`` for the plain softmax mix. Returns name -> metrics.
+    Faithful variant: ``X_users`` f[N, F] = user features computed WITHOUT the pseudo-cold ads'
+    interactions (e.g. ``load_movielens(feature_cutoff=...)``) and ``pool_theta`` f[P, F] = the
+    pool's weights retrained on them (pool order = retired ads launched before the pseudo cut),
+    so the user part is no more informative than it is for truly cold ads.
+
+    configs: name -> ContentKNNGenerator options, or entries with key ``"_raw": True`` (and
+    optional k, temperature) for the plain softmax mix. Returns name -> metrics.
     """
+    from scipy.stats import spearmanr
+
     from offline import metrics as M
 
     ds, sp = prep.dataset, prep.split
@@ -334,26 +518,32 @@ def pseudo_cold_validation(prep: "Prepared", configs: dict[str, dict], frac: flo
     cut = float(np.quantile(lt, 1.0 - frac))
     pool = np.flatnonzero(lt < cut)
     held = np.flatnonzero(lt >= cut)
+    X = ds.X if X_users is None else np.asarray(X_users)
+    Wp = prep.warm_theta[pool] if pool_theta is None else np.asarray(pool_theta, dtype=np.float32)
+    if Wp.shape != (pool.size, X.shape[1]):
+        raise ValueError(f"pool_theta must be [{pool.size}, {X.shape[1]}], got {Wp.shape}")
     emb = prep.emb[sp.warm]
     sims = emb[held] @ emb[pool].T
     kk = min(k_retrieve, pool.size)
     nbr = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
     Y = ds.labels(sp.warm[held])
+    y_lo = _logit_ctr(prep.warm_ctr[held])
     ids = ds.ad_ids
     emb_by_id = {ids[sp.warm[j]]: emb[j] for j in held}
     feats = list(ds.features)
+    pool_ads = [ds.ads[sp.warm[p]] for p in pool]
     out: dict[str, dict[str, float]] = {}
     for name, opts in configs.items():
         opts = dict(opts)
         raw = opts.pop("_raw", False)
         thetas = np.empty((held.size, len(feats)), dtype=np.float32)
+        pred = np.full(held.size, np.nan)
         if not raw:
             gen = ContentKNNGenerator(**opts)
-            gen.fit_arrays(prep.warm_theta[pool], prep.warm_ctr[pool], lt[pool], emb[pool], cut, ds.X, emb_by_id)
+            gen.fit_arrays(Wp, prep.warm_ctr[pool], lt[pool], emb[pool], cut, X, emb_by_id, warm_ads=pool_ads)
         for r, j in enumerate(held):
-            nbs = [Neighbour(ad=ds.ads[sp.warm[pool[p]]], theta=prep.warm_theta[pool[p]],
-                             similarity=float(sims[r, p]), mean_ctr=float(prep.warm_ctr[pool[p]]))
-                   for p in nbr[r]]
+            nbs = [Neighbour(ad=pool_ads[p], theta=Wp[p], similarity=float(sims[r, p]),
+                             mean_ctr=float(prep.warm_ctr[pool[p]])) for p in nbr[r]]
             ad = ds.ads[sp.warm[j]]
             if raw:
                 k, t = opts.get("k", 10), opts.get("temperature", 0.05)
@@ -362,6 +552,9 @@ def pseudo_cold_validation(prep: "Prepared", configs: dict[str, dict], frac: flo
                 thetas[r] = (w / w.sum()) @ np.stack([nb.theta for nb in nbs[:k]])
             else:
                 thetas[r] = gen.generate(ad, nbs, feats).theta
-        S = ds.X.astype(np.float64) @ thetas.T.astype(np.float64)
-        out[name] = {"auc": M.auc(Y, S), "ndcg10": M.ndcg_at_k(Y, S, 10), "per_ad_auc": M.mean_per_ad_auc(Y, S)}
+                if gen.cfg.intercept != "neighbours":
+                    pred[r] = gen.intercept_logit(ad, nbs)
+        S = X.astype(np.float64) @ thetas.T.astype(np.float64)
+        out[name] = {"auc": M.auc(Y, S), "ndcg10": M.ndcg_at_k(Y, S, 10), "per_ad_auc": M.mean_per_ad_auc(Y, S),
+                     "ctr_spearman": float(spearmanr(pred, y_lo)[0]) if np.isfinite(pred).all() else float("nan")}
     return out

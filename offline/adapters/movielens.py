@@ -73,8 +73,13 @@ def _read_lines(path: Path) -> list[list[str]]:
         return [ln.rstrip("\r\n").split("|") for ln in f if ln.strip()]
 
 
-def load_movielens(path: str | os.PathLike, verify: bool = True) -> Dataset:
+def load_movielens(path: str | os.PathLike, verify: bool = True, feature_cutoff: float | None = None) -> Dataset:
     """Build the MovieLens 100K dataset from the raw files in ``path``.
+
+    ``feature_cutoff`` (unix s, optional; for pseudo-cold validation): user features then use
+    only ratings of retired movies first rated before ``min(T, feature_cutoff)``, so retired
+    movies launched later can play cold ads without their ratings shaping the features. The
+    split itself (retired/active, T) is unchanged. None (default) = all retired movies.
 
     Returns a Dataset with implicit negatives, movies with >= 5 ratings as ads, all users, and
     ``meta["time_split"] = {"cutoff": T, "quantile": 0.7, "min_interactions": 5}``.
@@ -131,7 +136,8 @@ def load_movielens(path: str | os.PathLike, verify: bool = True) -> Dataset:
     kept = retired | active
 
     # user features, from retired-movie ratings only
-    on_retired = retired[r_item]
+    feat_movies = retired if feature_cutoff is None else retired & (first < float(feature_cutoff))
+    on_retired = feat_movies[r_item]
     R = np.zeros((N, M), dtype=np.float64)
     R[r_user[on_retired], r_item[on_retired]] = 1.0
     n_hist = R.sum(axis=1)
@@ -191,6 +197,7 @@ def load_movielens(path: str | os.PathLike, verify: bool = True) -> Dataset:
         "before time_split.cutoff, >= 5 ratings).")
     meta = {
         "time_split": {"cutoff": T, "quantile": QUANTILE, "min_interactions": MIN_RATINGS},
+        **({"feature_cutoff": float(feature_cutoff)} if feature_cutoff is not None else {}),
         "source": {"name": "movielens-100k", "checksums_verified": bool(verify)},
         "derived": {"image_caption": "built from the genres; no image exists",
                     "description": "built from release year and genres",
