@@ -23,9 +23,17 @@ CTRs, and the feature definitions. Fitting steps read retired (warm) ads only.
   (previous default, with ``ctr_gain``), ``content`` and ``neighbours`` stay available;
   ``shrink`` pulls the user part toward the mean retired user part (hurt on validation).
 
-Hyper-parameters were chosen on RETIRED ads only: the latest 20% of retired ads by launch
-time act as pseudo-cold ads (neighbours and intercept model from the earlier 80%); see
-:func:`pseudo_cold_validation`. No active-ad label is used anywhere.
+Hyper-parameters are chosen on RETIRED ads only, by :func:`select_config` (covariate-shift-aware
+validation): rolling-origin pseudo-cold folds of retired ads (:func:`validation_folds`: ads
+launched in the 60-80% and 80-100% launch-time quantiles, each against the earlier ads as its
+pool, with user features and pool weights recomputed without the held ads' ratings), every
+held ad weighted by w(x) = p(cold|x) / p(retired|x) from a logistic classifier on CONTENT
+only (category, stated-year age at launch, embedding PCs; :func:`shift_weights`), objective =
+weighted AUC + weighted NDCG@10 + weighted per-ad AUC averaged over folds. The cold ads'
+content enters the weights; no active-ad label is used anywhere. (The older unweighted
+:func:`pseudo_cold_validation` stays for comparison.) ``user_ratio`` (rescale the user part
+to a fixed share of the intercept spread) and retraining the retired weights with a larger
+l2 for transfer lost on that objective and are off by default.
 """
 
 from __future__ import annotations
@@ -271,6 +279,9 @@ class ContentKNNConfig:
     ctr_gain: scale of the predicted log-odds around its centre; quantile_map (stacked only):
     map predictions onto the internal held-out ads' log-odds distribution (restores the spread
     regression shrinks). ridge_l2: ridge penalty (standardised columns);
+    user_ratio: rescale each ad's user part so its spread over the user sample (std of the
+    user-part logit) is ``user_ratio`` x the spread of the retired ads' log-odds CTR (None =
+    keep the mixed scale; per-ad AUC is unchanged by it, pooled AUC and NDCG are not);
     recency_scale_days: sample weight exp(recency / scale) of retired ads (None = uniform);
     user_sample: users in the intercept shift.
     """
@@ -289,6 +300,7 @@ class ContentKNNConfig:
     stack_frac: float = 0.2
     content_embedding: bool = True
     recency_interactions: bool = False
+    user_ratio: float | None = None
     user_sample: int = 2000
     seed: int = 0
 
@@ -311,6 +323,8 @@ class ContentKNNConfig:
             raise ValueError(f"ctr_gain must be a finite number >= 0, got {self.ctr_gain}")
         if not 0.0 < self.stack_frac < 1.0:
             raise ValueError(f"stack_frac must be in (0, 1), got {self.stack_frac}")
+        if self.user_ratio is not None and not (self.user_ratio >= 0 and math.isfinite(self.user_ratio)):
+            raise ValueError(f"user_ratio must be a finite number >= 0 or None, got {self.user_ratio}")
 
 
 INTERCEPTS = ("stacked", "neighbour_ctr", "content", "neighbours")
@@ -401,6 +415,7 @@ class ContentKNNGenerator:
         self.n_meta = A.shape[1] - emb.shape[1]
         self.base = _BaseIntercepts(c).fit(ctr, rec, A, sw, self.n_meta)
         self.ctr_center, self.ctr_slope = self.base.ctr_center, self.base.ctr_slope
+        self.lo_sd = float(np.std(_logit_ctr(ctr)))
         self.stack = None
         if c.intercept == "stacked":
             self._fit_stack(ctr, launched, A, emb)
@@ -475,6 +490,10 @@ class ContentKNNGenerator:
             theta = theta + (0.0 - float(w @ nb_rec)) * self.slope
         if c.shrink > 0:
             theta[1:] = (1 - c.shrink) * theta[1:] + c.shrink * self.mean_theta[1:]
+        if c.user_ratio is not None:
+            sd = float(np.std(self.X_sample[:, 1:] @ theta[1:]))
+            if sd > 1e-12:
+                theta[1:] *= c.user_ratio * self.lo_sd / sd
         if c.intercept != "neighbours":
             target = float(expit(self.intercept_logit(ad, neighbours)))
             theta[0] += solve_shift(self.X_sample @ theta, target)
@@ -558,3 +577,240 @@ def pseudo_cold_validation(prep: "Prepared", configs: dict[str, dict], frac: flo
         out[name] = {"auc": M.auc(Y, S), "ndcg10": M.ndcg_at_k(Y, S, 10), "per_ad_auc": M.mean_per_ad_auc(Y, S),
                      "ctr_spearman": float(spearmanr(pred, y_lo)[0]) if np.isfinite(pred).all() else float("nan")}
     return out
+
+
+# ------------------------------------------------------ covariate-shift-aware model selection
+def _logreg_newton(Z: np.ndarray, y: np.ndarray, l2: float, iters: int = 50) -> np.ndarray:
+    """L2 logistic regression (intercept unpenalised) by Newton's method: Z f64[n, p], y 0/1
+    [n] -> beta [p + 1] (index 0 = intercept)."""
+    D = np.concatenate([np.ones((Z.shape[0], 1)), Z], axis=1)
+    b = np.zeros(D.shape[1])
+    pen = np.full(D.shape[1], l2)
+    pen[0] = 0.0
+    for _ in range(iters):
+        p = expit(D @ b)
+        g = D.T @ (p - y) + pen * b
+        H = (D * (p * (1 - p))[:, None]).T @ D + np.diag(pen + 1e-9)
+        step = np.linalg.solve(H, g)
+        b -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return b
+
+
+def shift_weights(A_src: np.ndarray, A_tgt: np.ndarray, l2: float = 1.0, cap: float = 10.0) -> np.ndarray:
+    """Importance weights that make source rows resemble target rows (covariate shift).
+
+    A_src f[n_s, p] (e.g. content features of retired pseudo-cold ads), A_tgt f[n_t, p] (the
+    cold ads' content, known at launch; no label is read). An L2 logistic classifier
+    (standardised columns, penalty ``l2``) separates target from source;
+    w(x) = p(tgt|x) / p(src|x), normalised to mean 1 over the source, capped at ``cap`` and
+    renormalised. Returns f64[n_s] > 0."""
+    A_src = np.asarray(A_src, dtype=np.float64)
+    A_tgt = np.asarray(A_tgt, dtype=np.float64)
+    if A_src.ndim != 2 or A_tgt.ndim != 2 or A_src.shape[1] != A_tgt.shape[1]:
+        raise ValueError(f"A_src / A_tgt must be [n, p] with equal p, got {A_src.shape} / {A_tgt.shape}")
+    if A_src.shape[0] == 0 or A_tgt.shape[0] == 0:
+        raise ValueError("shift_weights needs at least one source and one target row")
+    if not cap >= 1.0:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    A = np.concatenate([A_src, A_tgt])
+    mu, sd = A.mean(axis=0), A.std(axis=0)
+    keep = sd > 1e-12
+    Z = (A[:, keep] - mu[keep]) / sd[keep]
+    y = np.r_[np.zeros(A_src.shape[0]), np.ones(A_tgt.shape[0])]
+    b = _logreg_newton(Z, y, l2)
+    w = np.exp(b[0] + Z[: A_src.shape[0]] @ b[1:])  # odds p(tgt|x) / p(src|x)
+    for _ in range(200):  # renormalise and cap until the cap holds at mean 1
+        w = w / w.mean()
+        if w.max() <= cap * (1 + 1e-9):
+            break
+        w = np.minimum(w, cap)
+    return w
+
+
+def effective_size(w: np.ndarray) -> float:
+    """Kish effective sample size (sum w)^2 / sum w^2 of importance weights."""
+    w = np.asarray(w, dtype=np.float64)
+    return float(w.sum() ** 2 / (w ** 2).sum())
+
+
+def weighted_auc(Y: np.ndarray, S: np.ndarray, w_ad: np.ndarray) -> float:
+    """AUC over all (user, ad) pairs, each pair weighted by its ad's weight (ties count half).
+    Y 0/1 [N, A], S [N, A], w_ad [A] >= 0. Equals :func:`offline.metrics.auc` for equal weights."""
+    Y = np.asarray(Y, dtype=np.float64)
+    S = np.asarray(S, dtype=np.float64)
+    w = np.broadcast_to(np.asarray(w_ad, dtype=np.float64)[None, :], Y.shape).ravel()
+    y = Y.ravel()
+    _, inv = np.unique(S.ravel(), return_inverse=True)
+    wp = np.bincount(inv, weights=w * y)
+    wn = np.bincount(inv, weights=w * (1.0 - y))
+    den = wp.sum() * wn.sum()
+    if den <= 0:
+        return float("nan")
+    below = np.cumsum(wn) - wn
+    return float((wp * (below + 0.5 * wn)).sum() / den)
+
+
+def weighted_metrics(Y: np.ndarray, S: np.ndarray, w_ad: np.ndarray, n_draws: int = 20,
+                     seed: int = 0) -> dict[str, float]:
+    """Importance-weighted validation metrics of scores S [N, A] against labels Y [N, A]:
+    ``auc`` (:func:`weighted_auc`), ``per_ad_auc`` (w-weighted mean of the per-ad AUCs) and
+    ``ndcg10`` (mean NDCG@10 over ``n_draws`` subsets of A // 2 ads drawn without replacement
+    with probability ~ w: ranking needs a set of ads, so the set is resampled; the same draws for
+    every call with the same seed, so configurations are compared on common random numbers)."""
+    from offline import metrics as M
+
+    w = np.asarray(w_ad, dtype=np.float64)
+    pa = M.per_ad_auc(Y, S)
+    ok = np.isfinite(pa)
+    rng = np.random.default_rng(seed)
+    m = max(10, Y.shape[1] // 2)
+    nd = []
+    for _ in range(n_draws):
+        keys = np.log(np.maximum(w, 1e-300)) + rng.gumbel(size=w.size)
+        sub = np.sort(np.argsort(-keys)[:m])
+        nd.append(M.ndcg_at_k(Y[:, sub], S[:, sub], 10))
+    return {"auc": weighted_auc(Y, S, w), "per_ad_auc": float((w[ok] * pa[ok]).sum() / w[ok].sum()),
+            "ndcg10": float(np.mean(nd))}
+
+
+@dataclass
+class ValidationFold:
+    """One pseudo-cold fold of retired ads. held / pool: positions in ``prep.split.warm``
+    (held ads launched in [cut, end), pool ads before ``cut``, unix s); X f[N, F]: user features
+    (faithful: computed without the held ads' ratings); pool_theta f[P, F]: the pool's weights
+    on those features; weights f64[H]: importance weights of the held ads toward the cold ads."""
+
+    held: np.ndarray
+    pool: np.ndarray
+    cut: float
+    X: np.ndarray
+    pool_theta: np.ndarray
+    weights: np.ndarray
+
+
+def shift_features(prep: "Prepared", idx: np.ndarray, n_pcs: int = 5) -> np.ndarray:
+    """Content features of ads ``idx`` (dataset indices) for the cold-vs-retired classifier:
+    the metadata block of :class:`ContentEncoder` (category one-hot, stated-year age at launch;
+    encoder fitted on retired ads) plus the top ``n_pcs`` principal components of the
+    embeddings (fitted on retired and cold ads). No launch recency: it separates the sets by
+    construction. Returns f64[len(idx), p]."""
+    ds, sp = prep.dataset, prep.split
+    enc = ContentEncoder().fit([ds.ads[i] for i in sp.warm])
+    d = prep.emb.shape[1]
+    meta = enc.transform([ds.ads[i] for i in idx], prep.emb[idx])[:, d:]
+    if n_pcs <= 0:
+        return meta
+    E = np.asarray(prep.emb[np.concatenate([sp.warm, sp.cold])], dtype=np.float64)
+    mu = E.mean(axis=0)
+    _, _, Vt = np.linalg.svd(E - mu, full_matrices=False)
+    return np.concatenate([meta, (np.asarray(prep.emb[idx], dtype=np.float64) - mu) @ Vt[:n_pcs].T], axis=1)
+
+
+def validation_folds(prep: "Prepared", edges: Sequence[float] = (0.6, 0.8, 1.0),
+                     features_at: Any = None, n_pcs: int = 5, cap: float = 10.0,
+                     l2_shift: float = 1.0) -> list[ValidationFold]:
+    """Rolling-origin pseudo-cold folds over the RETIRED ads, weighted toward the cold ads.
+
+    ``edges`` are quantiles of the retired ads' launch times: fold i holds out the ads launched
+    in [q(edges[i]), q(edges[i+1])) (the last fold includes the end) and uses the ads launched
+    before q(edges[i]) as its pool (neighbours, weights, intercept model). ``features_at``:
+    callable cutoff (unix s) -> user features f[N, F] computed without ratings of retired ads
+    launched at or after the cutoff (MovieLens: ``load_movielens(path, feature_cutoff=cut).X``);
+    the pool is then retrained on them with the build's l2 (faithful: the held ads' labels shape
+    neither features nor weights). None = production features and weights (optimistic for the
+    user part). Importance weights: :func:`shift_weights` of each fold's held ads toward the cold
+    ads on :func:`shift_features` (content only; no cold label is read)."""
+    from offline import train
+
+    ds, sp = prep.dataset, prep.split
+    lt = ds.launched_at[sp.warm]
+    e = list(edges)
+    if len(e) < 2 or any(not 0.0 < a < b <= 1.0 for a, b in zip(e, e[1:])):
+        raise ValueError(f"edges must be increasing quantiles in (0, 1], got {edges}")
+    A_cold = shift_features(prep, sp.cold, n_pcs)
+    folds = []
+    for a, b in zip(e, e[1:]):
+        cut, hi = float(np.quantile(lt, a)), float(np.quantile(lt, b))
+        pool = np.flatnonzero(lt < cut)
+        held = np.flatnonzero((lt >= cut) & ((lt < hi) if b < 1.0 else True))
+        if pool.size < 10 or held.size < 10:
+            raise ValueError(f"fold [{a}, {b}) has {pool.size} pool / {held.size} held ads; widen the edges")
+        if features_at is None:
+            X, Wp = np.asarray(ds.X), np.asarray(prep.warm_theta[pool])
+        else:
+            X = np.asarray(features_at(cut))
+            Wp = train.train_logreg(np.ascontiguousarray(X), ds.labels(sp.warm[pool]), prep.l2)
+        w = shift_weights(shift_features(prep, sp.warm[held], n_pcs), A_cold, l2_shift, cap)
+        folds.append(ValidationFold(held=held, pool=pool, cut=cut, X=X, pool_theta=Wp, weights=w))
+    return folds
+
+
+def score_fold(prep: "Prepared", fold: ValidationFold, opts: dict, k_retrieve: int = 20,
+               n_draws: int = 20) -> dict[str, float]:
+    """Weighted validation metrics (:func:`weighted_metrics`, plus unweighted ``auc_u``,
+    ``ndcg10_u``, ``per_ad_auc_u``) of one configuration on one fold. ``opts``:
+    ContentKNNGenerator options, or ``{"_raw": True, k, temperature}`` (plain softmax mix of
+    neighbour weights), or ``{"_popularity": True}`` (intercept = logit of the neighbours' mean
+    CTR, no user part)."""
+    from offline import metrics as M
+
+    ds, sp = prep.dataset, prep.split
+    lt = ds.launched_at[sp.warm]
+    pool, held = fold.pool, fold.held
+    emb = prep.emb[sp.warm]
+    sims = emb[held] @ emb[pool].T
+    nbr = np.argsort(-sims, axis=1, kind="stable")[:, : min(k_retrieve, pool.size)]
+    ctr = prep.warm_ctr
+    feats = list(ds.features)
+    pool_ads = [ds.ads[sp.warm[p]] for p in pool]
+    emb_by_id = {ds.ad_ids[sp.warm[j]]: emb[j] for j in held}
+    opts = dict(opts)
+    raw, pop = opts.pop("_raw", False), opts.pop("_popularity", False)
+    gen = None
+    if not (raw or pop):
+        gen = ContentKNNGenerator(**opts).fit_arrays(fold.pool_theta, ctr[pool], lt[pool], emb[pool], fold.cut,
+                                                     fold.X, emb_by_id, warm_ads=pool_ads)
+    thetas = np.zeros((held.size, len(feats)))
+    for r, j in enumerate(held):
+        nbs = [Neighbour(ad=pool_ads[p], theta=fold.pool_theta[p], similarity=float(sims[r, p]),
+                         mean_ctr=float(ctr[pool[p]])) for p in nbr[r]]
+        if pop:
+            thetas[r, 0] = float(_logit_ctr(np.array([np.mean([nb.mean_ctr for nb in nbs])]))[0])
+        elif raw:
+            k, t = opts.get("k", 10), opts.get("temperature", 0.05)
+            s = np.array([nb.similarity for nb in nbs[:k]])
+            wt = np.exp((s - s.max()) / t)
+            thetas[r] = (wt / wt.sum()) @ np.stack([nb.theta for nb in nbs[:k]])
+        else:
+            thetas[r] = gen.generate(ds.ads[sp.warm[j]], nbs, feats).theta
+    Y = ds.labels(sp.warm[held])
+    S = np.asarray(fold.X, dtype=np.float64) @ thetas.T
+    out = weighted_metrics(Y, S, fold.weights, n_draws=n_draws)
+    out.update(auc_u=M.auc(Y, S), ndcg10_u=M.ndcg_at_k(Y, S, 10), per_ad_auc_u=M.mean_per_ad_auc(Y, S))
+    return out
+
+
+SELECTION_OBJECTIVE = ("auc", "ndcg10", "per_ad_auc")
+
+
+def select_config(prep: "Prepared", candidates: dict[str, dict], folds: Sequence[ValidationFold],
+                  objective: Sequence[str] = SELECTION_OBJECTIVE, k_retrieve: int = 20,
+                  n_draws: int = 20) -> tuple[str, dict[str, dict[str, float]]]:
+    """Score every candidate configuration on every fold and pick the best by the objective:
+    the sum of the importance-weighted metrics named in ``objective`` (default: AUC + NDCG@10 +
+    per-ad AUC, the issue's three bars), averaged over folds. Only retired ads' labels are read.
+    Returns (best name, name -> mean metrics over folds plus ``objective``)."""
+    if not candidates:
+        raise ValueError("select_config needs at least one candidate")
+    if not folds:
+        raise ValueError("select_config needs at least one validation fold")
+    table: dict[str, dict[str, float]] = {}
+    for name, opts in candidates.items():
+        rows = [score_fold(prep, f, opts, k_retrieve, n_draws) for f in folds]
+        m = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+        m["objective"] = float(sum(m[key] for key in objective))
+        table[name] = m
+    best = max(table, key=lambda n: table[n]["objective"])
+    return best, table

@@ -10,7 +10,9 @@ from scipy.special import expit, logit
 from scipy.stats import spearmanr
 
 from offline.calibrate import mean_ctr
-from offline.cold_models import ContentEncoder, ContentKNNGenerator, content_year
+from offline import metrics as M
+from offline.cold_models import (ContentEncoder, ContentKNNGenerator, content_year, effective_size,
+                                  shift_weights, weighted_auc, weighted_metrics)
 from offline.dataset import Ad
 from offline.generate import Neighbour
 
@@ -102,6 +104,48 @@ def test_quantile_map_keeps_predictions_in_retired_range_and_shift_hits_target()
         assert lo_held - 1e-9 <= lo <= hi_held + 1e-9
         th = g.generate(ads[i], nbs, feats).theta
         assert mean_ctr(th, g.X_sample) == pytest.approx(expit(lo), rel=1e-3)
+
+
+def test_user_ratio_sets_user_spread_keeps_per_ad_order_and_target():
+    world = _world(seed=2)
+    ads, emb, launched, ctr, theta, X, cutoff, nw = world
+    feats = [("bias", "")] + [(f"f{j}", "") for j in range(theta.shape[1] - 1)]
+    g0, g1 = _fitted(world), _fitted(world, user_ratio=0.5)
+    for i in range(nw, nw + 10):
+        nbs = _neighbours(i, emb, ads, theta, ctr, nw)
+        t0, t1 = g0.generate(ads[i], nbs, feats).theta, g1.generate(ads[i], nbs, feats).theta
+        u0, u1 = g1.X_sample[:, 1:] @ t0[1:], g1.X_sample[:, 1:] @ t1[1:]
+        assert np.std(u1) == pytest.approx(0.5 * g1.lo_sd, rel=1e-4)
+        assert np.corrcoef(u0, u1)[0, 1] == pytest.approx(1.0, abs=1e-6)  # a positive rescaling only
+        assert mean_ctr(t1, g1.X_sample) == pytest.approx(expit(g1.intercept_logit(ads[i], nbs)), rel=1e-3)
+    with pytest.raises(ValueError, match="user_ratio"):
+        ContentKNNGenerator(user_ratio=-1.0)
+
+
+def test_weighted_auc_matches_plain_and_replicated():
+    rng = np.random.default_rng(0)
+    Y = (rng.random((50, 7)) < 0.3).astype(np.uint8)
+    S = np.round(rng.normal(size=(50, 7)) + Y, 1)  # rounded: ties must count half
+    assert weighted_auc(Y, S, np.ones(7)) == pytest.approx(M.auc(Y, S), abs=1e-12)
+    w = np.array([1, 2, 0, 3, 1, 1, 2])
+    rep = np.repeat(np.arange(7), w)
+    assert weighted_auc(Y, S, w) == pytest.approx(M.auc(Y[:, rep], S[:, rep]), abs=1e-12)
+    m = weighted_metrics(Y, S, np.ones(7), n_draws=3)
+    assert 0.0 <= m["ndcg10"] <= 1.0 and m["per_ad_auc"] == pytest.approx(M.mean_per_ad_auc(Y, S))
+
+
+def test_shift_weights_upweight_target_like_rows():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(400, 2))
+    tgt = rng.normal(size=(300, 2)) + np.array([1.0, 0.0])  # target shifted along the first column
+    w = shift_weights(src, tgt, cap=10.0)
+    assert w.shape == (400,) and np.all(w > 0) and w.mean() == pytest.approx(1.0) and w.max() <= 10.0 * (1 + 1e-6)
+    # weighted source mean moves toward the target mean on the shifted column, not the other
+    assert (w * src[:, 0]).sum() / w.sum() > 0.6
+    assert abs((w * src[:, 1]).sum() / w.sum()) < 0.2
+    assert 1.0 < effective_size(w) < 400.0
+    with pytest.raises(ValueError, match="equal p"):
+        shift_weights(src, tgt[:, :1])
 
 
 def test_options_are_checked():

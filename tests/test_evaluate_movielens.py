@@ -55,3 +55,26 @@ def test_report_files_and_latency(result):
     lat = result["summary"]["default"]["latency_ms"]
     assert lat["n"] == 20 and lat["mean"] > 0
     assert np.isfinite(result["summary"]["default"]["hr5"]["mean"])
+
+
+def test_shift_aware_selection_on_retired_ads(work_dir, result):
+    """The model-selection procedure behind the default (offline.cold_models.select_config): its
+    importance weights move the pseudo-cold retired ads toward the cold ads' content (share of
+    new releases), and it prefers the default over a generator that discards the neighbours'
+    targeting (one shared user part, the neighbours' own intercept)."""
+    from offline import pipeline
+    from offline.cold_models import effective_size, select_config, shift_features, validation_folds
+
+    ds = pipeline.load_source("movielens-100k")
+    prep = pipeline.prepare(ds, pipeline.BuildConfig(dataset="movielens-100k", work_dir=work_dir), quiet=True)
+    folds = validation_folds(prep)  # production features (fast); the README's run uses faithful ones
+    j = -5 - 2  # the "age < 1 year" column of shift_features (5 embedding PCs follow the year block)
+    new_cold = shift_features(prep, prep.split.cold)[:, j].mean()
+    for f in folds:
+        new_held = shift_features(prep, prep.split.warm[f.held])[:, j]
+        w_share = (f.weights * new_held).sum() / f.weights.sum()
+        assert abs(w_share - new_cold) < abs(new_held.mean() - new_cold) - 0.1
+        assert effective_size(f.weights) > 30
+    best, table = select_config(prep, {"default": {}, "shared": {"shrink": 1.0, "intercept": "neighbours"}},
+                                folds, n_draws=5)
+    assert best == "default" and table["default"]["objective"] > table["shared"]["objective"]
