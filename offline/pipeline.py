@@ -25,7 +25,6 @@ from offline.artifact import UserTable, WeightArtifact
 from offline.cache import content_hash, load_npy, save_npy_atomic
 from offline.dataset import Dataset, Split, load_dataset
 
-DEFAULT_MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k"
 GENERATORS = ("knn", "knn-raw", "gemini", "openai")
 ON_FAILURE = ("fallback", "exclude", "abort")
 
@@ -129,16 +128,10 @@ class BuildConfig:
 
 # -- stage 0: the data ---------------------------------------------------------------------------
 def movielens_path(explicit: str | None = None) -> Path:
-    """Where MovieLens 100K is read from: explicit path, $LLMHYPER_MOVIELENS, or ../shared/data."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("LLMHYPER_MOVIELENS")
-    if env:
-        return Path(env)
-    for cand in (DEFAULT_MOVIELENS, Path.cwd().parent / "shared" / "data" / "movielens-100k"):
-        if cand.is_dir():
-            return cand
-    return DEFAULT_MOVIELENS
+    """Where MovieLens 100K is read from: ``explicit``, else $LLMHYPER_MOVIELENS, else ../shared/data."""
+    from offline.adapters import DEFAULT_MOVIELENS_PATH
+
+    return Path(explicit or os.environ.get("LLMHYPER_MOVIELENS") or DEFAULT_MOVIELENS_PATH)
 
 
 def load_source(spec: str) -> Dataset:
