@@ -256,7 +256,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     try:
-        return serve(address, args.store, on_started=started, **options)
+        return serve(address, args.store, on_started=started, exit_hard_after_grace=True, **options)
     except OSError as e:
         raise RuntimeFailure(str(e)) from None
 

@@ -28,7 +28,9 @@ import collections
 import functools
 import json
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from concurrent import futures
@@ -685,13 +687,20 @@ def create_server(address: str, store: WeightStore | str, **options: Any) -> tup
 
 
 def serve(address: str, store: WeightStore | str, *, on_started: Callable[[RankerServer, int], None] | None = None,
-          **options: Any) -> int:
+          exit_hard_after_grace: bool = False, **options: Any) -> int:
     """Run a Ranker server until SIGTERM/SIGINT, then shut down gracefully. Blocks.
 
     Pins scoring to one thread, starts the server with background warm-up (so health
     answers NOT_SERVING while the kernels compile), calls ``on_started(server, port)``,
     and on a signal: health NOT_SERVING, ``server.stop(grace_s)`` so in-flight calls
     finish, store closed. Returns 0.
+
+    grpc cuts calls still running when the grace period ends, but its stop only completes
+    when their handler threads return. With ``exit_hard_after_grace`` (what ``llmhyper
+    serve`` uses) a handler still stuck 0.5 s after drain + grace no longer holds the process:
+    once the store is closed the process exits with status 0 at once, without running
+    interpreter exit hooks (which would join stuck handler threads). Library callers keep the
+    default and simply wait.
     """
     scoring.set_threads(1)
     options.setdefault("background_warmup", True)
@@ -713,8 +722,18 @@ def serve(address: str, store: WeightStore | str, *, on_started: Callable[[Ranke
         while not stop.wait(0.5):
             pass
         log.info("signal %s: NOT_SERVING, stopping with %.1fs grace", received[0] if received else "?", server.config.grace_s)
-        server.stop(server.config.grace_s).wait()
+        stopped = server.stop(server.config.grace_s)
+        limit = server.config.drain_s + server.config.grace_s + 0.5
+        if not stopped.wait(limit if exit_hard_after_grace else None):
+            log.warning("handlers still running %.1fs after the stop began; exiting without waiting for them", limit)
         server._close_owned_store()
+        if exit_hard_after_grace:
+            # Interpreter exit would join every handler thread, including one stuck past the
+            # grace period (its call is already cut); the server is done, so leave now.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

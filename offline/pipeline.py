@@ -433,8 +433,8 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
         }
         if g.failed and cfg.on_failure == "fallback":
             rec["fallback"] = "knn"
-        records[ad.ad_id] = rec
-        if keep[c]:
+        if keep[c]:  # an excluded ad's failure stays in manifest["failed"] and the run report
+            records[ad.ad_id] = rec
             ad_ids.append(ad.ad_id)
             rows.append(cal_thetas[c])
     if not ad_ids:
@@ -465,7 +465,7 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
     prep.timings["total_s"] = time.perf_counter() - t_start
     report = {"timings": prep.timings, "cache": prep.cache, "n_published": len(ad_ids), "n_failed": len(failed),
               "failed": manifest["failed"],
-              "flagged": {a: r["flags"] for a, r in records.items() if r["flags"]}}
+              "flagged": {prep.cold_ads[c].ad_id: g.flags for c, g in enumerate(generated) if g.flags}}
     _log(f"build: {len(ad_ids)} ads ready ({len(failed)} failed) in {prep.timings['total_s']:.1f}s", quiet)
     return BuildResult(artifact, users, report)
 
