@@ -1,0 +1,33 @@
+"""Child-process bodies for the store fault rows (run in a multiprocessing forkserver that has
+numpy, lmdb and llmhyper.store preloaded, so 50 publisher processes cost milliseconds each)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+F = 64
+
+
+def rows(seq: int) -> int:
+    """Rows of version ``seq``: varies so a torn write could not pass for another version."""
+    return 500 + (seq * 389) % 2500
+
+
+def publisher(path: str, conn) -> None:
+    """Publish forever: version k has rows(k) ads ``k_i``, every weight == k, manifest {"seq": k},
+    a record for every 100th ad; prune to 3 every third version. Reports begin/done on ``conn``."""
+    from llmhyper.store import WeightStore
+
+    s = WeightStore(path, map_size=256 << 10)  # small map: kills also land inside map growth
+    feats = [("bias", "")] + [(f"f{j}", "") for j in range(1, F)]
+    conn.send(("ready", 0))
+    while True:
+        cur = s.current_version()
+        k = int(cur[1:]) + 1 if cur else 1
+        conn.send(("begin", k))
+        ids = [f"{k}_{i}" for i in range(rows(k))]
+        s.publish(ids, np.full((rows(k), F), k, np.float32), feats, {"seq": k},
+                  {a: {"seq": k} for a in ids[::100]})
+        if k % 3 == 0:
+            s.prune(3)
+        conn.send(("done", k))
