@@ -71,9 +71,9 @@ def publish_result(result, store_path: str) -> str:
     try:
         try:
             art = result.artifact
+            users = result.users
             version = store.publish(art.ad_ids, art.theta, art.features, manifest=art.manifest,
-                                    ad_records=art.ad_records)
-            store.put_users(result.users.user_ids, result.users.X, result.users.features)
+                                    ad_records=art.ad_records, users=(users.user_ids, users.X, users.features))
         except ValueError as e:
             raise CLIError(f"publish failed, nothing written: {e}") from None
         except StoreError as e:

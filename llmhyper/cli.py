@@ -492,10 +492,9 @@ def _publish(args: argparse.Namespace) -> int:
     store = _open_store(args.store, readonly=False)
     try:
         try:
-            # Weights first: a failed publish changes nothing; the user table replaces the old one after.
-            version = store.publish(art.ad_ids, art.theta, art.features, manifest=art.manifest, ad_records=art.ad_records)
-            if users is not None:
-                store.put_users(users.user_ids, users.X, users.features)
+            # One transaction: weights, user table and the current pointer change together or not at all.
+            version = store.publish(art.ad_ids, art.theta, art.features, manifest=art.manifest, ad_records=art.ad_records,
+                                    users=None if users is None else (users.user_ids, users.X, users.features))
         except ValueError as e:  # invalid data (store_validate.InvalidWeights is a ValueError)
             raise CLIError(f"publish failed, nothing written: {e}") from None
         except StoreError as e:  # map full, I/O: not the caller's input

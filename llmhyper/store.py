@@ -494,7 +494,8 @@ class WeightStore:
     # ---------------------------------------------------------------- versions
     def publish(self, ad_ids: Sequence[str], theta: Any, features: Sequence[Any],
                 manifest: Mapping[str, Any] | None = None,
-                ad_records: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+                ad_records: Mapping[str, Mapping[str, Any]] | None = None,
+                users: tuple[Sequence[str], Any, Sequence[Any]] | None = None) -> str:
         """Publish a new version and make it current, atomically.
 
         Args:
@@ -504,6 +505,9 @@ class WeightStore:
             manifest: JSON-serialisable dict (generator, model, prompt_version, ...);
                 ``created_at`` (unix seconds) is filled in when missing.
             ad_records: optional per-ad JSON dicts (provenance, rationale) keyed by ad id.
+            users: optional ``(user_ids, X, features)`` replacing the user table in the SAME
+                transaction (see :meth:`put_users`), so readers never see the new weights
+                with the old user table or the reverse.
         Returns:
             The new version id (``v`` + 6-digit publish sequence number).
         Raises:
@@ -524,6 +528,7 @@ class WeightStore:
         to_json(header_extra, "version header")
         ids_json = to_json(ids, "ad_ids")
         dbs = e.dbs
+        write_users, users_hint = self._users_writer(*users) if users is not None else (None, 0)
 
         def write(txn: lmdb.Transaction) -> str:
             seq = int(txn.get(b"next_seq", db=dbs["meta"]) or b"1")
@@ -541,11 +546,13 @@ class WeightStore:
             txn.put(key, to_json(hdr, "version header"), db=dbs["versions"])
             for ad, rec in recs.items():
                 txn.put(key + b"\x00" + ad.encode(), rec, db=dbs["records"])
+            if write_users is not None:
+                write_users(txn)
             txn.put(b"next_seq", str(seq + 1).encode(), db=dbs["meta"])
             txn.put(b"current", key, db=dbs["meta"])
             return version
 
-        hint = mat.nbytes + len(ids_json) + sum(len(r) + 64 for r in recs.values()) + 8192
+        hint = mat.nbytes + len(ids_json) + sum(len(r) + 64 for r in recs.values()) + 8192 + users_hint
         return e.write(write, hint)
 
     def current_version(self) -> str | None:
@@ -701,6 +708,13 @@ class WeightStore:
             features: F_user ``(name, description)`` pairs, bias first.
         """
         e = self._writable()
+        write, hint = self._users_writer(user_ids, X, features)
+        e.write(write, hint)
+
+    def _users_writer(self, user_ids: Sequence[str], X: Any,
+                      features: Sequence[Any]) -> tuple[Callable[[lmdb.Transaction], None], int]:
+        """Validate a user table; return (a function writing it inside a txn, its size hint)."""
+        e = self._writable()
         ids = check_ids(user_ids, "user_ids")
         feats = check_features(features)
         mat = check_matrix(X, "X", len(ids), len(feats))
@@ -719,7 +733,7 @@ class WeightStore:
             txn.put(b"n_users", str(len(ids)).encode(), db=dbs["meta"])
             txn.put(b"users_updated_at", repr(time.time()).encode(), db=dbs["meta"])
 
-        e.write(write, mat.nbytes + sum(len(u) + 32 for u in ids) + 8192)
+        return write, mat.nbytes + sum(len(u) + 32 for u in ids) + 8192
 
     def user_vector(self, user_id: str) -> np.ndarray | None:
         """The user's features, float32 [F_user] (a small read-only copy), or None if unknown."""

@@ -318,6 +318,25 @@ def test_user_table(store: WeightStore) -> None:
 
 # ------------------------------------------------------------------ handles / processes
 
+def test_publish_with_users_is_one_transaction(store: WeightStore) -> None:
+    F = 4
+    X = np.ones((3, F), np.float32)
+    X[:, 1:] = np.arange(9, dtype=np.float32).reshape(3, 3)
+    v1 = store.publish(ids(5), weights(5, F), feats(F), users=(["u0", "u1", "u2"], X, feats(F)))
+    assert store.current_version() == v1 and store.n_users() == 3
+    assert np.array_equal(store.user_vector("u2"), X[2])
+
+    bad = X.copy()
+    bad[1, 0] = 0.5  # bias column must be 1.0: the whole publish is refused
+    with pytest.raises(InvalidWeights, match="bias"):
+        store.publish(ids(5), weights(5, F, 1), feats(F), users=(["a", "b", "c"], bad, feats(F)))
+    assert store.current_version() == v1 and [v["version"] for v in store.list_versions()] == [v1]
+    assert store.n_users() == 3 and store.user_vector("a") is None
+
+    v2 = store.publish(ids(5), weights(5, F, 2), feats(F), users=(["w0"], X[:1], feats(F)))
+    assert store.current_version() == v2 and store.n_users() == 1 and store.user_vector("u0") is None
+
+
 def test_read_only_opening_rules(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no weight store"):
         WeightStore(tmp_path / "missing", readonly=True)
