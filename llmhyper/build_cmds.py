@@ -64,7 +64,7 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def publish_result(result, store_path: str) -> str:
-    """Publish a BuildResult's weights then its user table; returns the new version id."""
+    """Publish a BuildResult's weights and its user table in one transaction; returns the new version id."""
     from llmhyper.store import StoreError, WeightStore
 
     store = WeightStore(store_path, readonly=False)

@@ -395,6 +395,8 @@ def _store(args: argparse.Namespace) -> int:
     from llmhyper.store import StoreError, VersionNotFound
 
     readonly = args.store_cmd in ("ls", "show")
+    if not Path(args.store).exists():  # a writable open would create an empty store at a typo'd path
+        raise CLIError(f"store not found: {args.store}")
     store = _open_store(args.store, readonly=readonly)
     try:
         if args.store_cmd == "ls":
@@ -431,7 +433,9 @@ def _store(args: argparse.Namespace) -> int:
             before = store.current_version()
             try:
                 now = store.rollback(args.to_version)
-            except VersionNotFound:
+            except VersionNotFound as e:
+                if args.to_version is None:  # nothing older to go back to
+                    raise CLIError(str(e)) from None
                 raise CLIError(f"unknown version {args.to_version!r} in {args.store}") from None
             except StoreError as e:
                 raise CLIError(f"cannot roll back: {e}") from None

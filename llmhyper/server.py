@@ -74,8 +74,19 @@ def _not_found(msg: str) -> RequestError:
     return RequestError(_SC.NOT_FOUND, msg)
 
 
+_MAX_ECHO = 64  # characters of a caller-supplied string echoed back in an error message
+_MAX_DETAILS = 2000  # grpc clients drop a call whose status details exceed their metadata limit
+
+
+def _short(s: str) -> str:
+    """repr() of a caller-supplied string, cut to ``_MAX_ECHO`` characters for error messages."""
+    if len(s) <= _MAX_ECHO:
+        return repr(s)
+    return f"{s[:_MAX_ECHO]!r}... ({len(s)} chars)"
+
+
 def _preview(items: Sequence[str], n: int = 5) -> str:
-    shown = ", ".join(repr(s) for s in items[:n])
+    shown = ", ".join(_short(s) for s in items[:n])
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
@@ -255,9 +266,21 @@ class RankerServicer(pb_grpc.RankerServicer):
                 log.info("hot swap: now serving %s (was %s)", new.version, st.version)
             elif st is None:
                 log.info("serving version %s (%d ads x %d features)", new.version, new.M, new.F)
+        self._drop_gone_pins()
         if not self._ready and self._state is not None:
             self._ready = True
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def _drop_gone_pins(self) -> None:
+        """Forget pinned-version states whose version was pruned, so pins to it get NOT_FOUND."""
+        with self._pinned_lock:
+            pinned = list(self._pinned)
+        gone = [v for v in pinned if not self._store.has_version(v)]
+        if gone:
+            with self._pinned_lock:
+                for v in gone:
+                    self._pinned.pop(v, None)
+            log.info("dropped pinned version(s) no longer in the store: %s", ", ".join(gone))
 
     def _poll_loop(self) -> None:
         interval = self._config.poll_interval_s
@@ -282,7 +305,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         try:
             view = self._store.view(version)
         except VersionNotFound:
-            raise _not_found(f"unknown version {version!r}; the store holds: "
+            raise _not_found(f"unknown version {_short(version)}; the store holds: "
                              f"{_preview([v['version'] for v in self._store.list_versions()][::-1], 8)}") from None
         pinned = ServingState(view, self._user_features)
         with self._pinned_lock:
@@ -304,10 +327,10 @@ class RankerServicer(pb_grpc.RankerServicer):
                 raise RequestError(_SC.FAILED_PRECONDITION, st.user_problem)
             x = self._store.user_vector(user_id)
             if x is None:
-                raise _not_found(f"unknown user_id {user_id!r} (the store's user table has {self._n_users} users)")
+                raise _not_found(f"unknown user_id {_short(user_id)} (the store's user table has {self._n_users} users)")
             if x.shape[0] != st.F:
                 raise RequestError(_SC.FAILED_PRECONDITION,
-                                   f"user {user_id!r} has {x.shape[0]} features but version {st.version} expects F={st.F}")
+                                   f"user {_short(user_id)} has {x.shape[0]} features but version {st.version} expects F={st.F}")
             if x.dtype != _F32 or not x.flags.c_contiguous:
                 x = np.ascontiguousarray(x, dtype=_F32)
             return x
@@ -451,7 +474,7 @@ class RankerServicer(pb_grpc.RankerServicer):
             raise _invalid("ad_id is required")
         i = st.ad_index.get(request.ad_id)
         if i is None:
-            raise _not_found(f"unknown ad_id {request.ad_id!r} in version {st.version} ({st.M} ads)")
+            raise _not_found(f"unknown ad_id {_short(request.ad_id)} in version {st.version} ({st.M} ads)")
         x = self._user_vector(st, request.user_id, request.features, request.feature_map)
         self._before_kernel(context)
         theta_row = st.theta[i]
@@ -520,6 +543,8 @@ def _guard(servicer: RankerServicer, name: str, fn: Callable) -> Callable:
             code, msg = _SC.INTERNAL, f"internal error in {name}: {type(e).__name__}: {e}"
         with lock:
             servicer._errors[code.name] += 1
+        if len(msg) > _MAX_DETAILS:  # never let an echoed value turn the answer into RESOURCE_EXHAUSTED
+            msg = msg[:_MAX_DETAILS] + "..."
         context.abort(code, msg)
 
     return handler
@@ -723,7 +748,7 @@ def serve(address: str, store: WeightStore | str, *, on_started: Callable[[Ranke
             pass
         log.info("signal %s: NOT_SERVING, stopping with %.1fs grace", received[0] if received else "?", server.config.grace_s)
         stopped = server.stop(server.config.grace_s)
-        limit = server.config.drain_s + server.config.grace_s + 0.5
+        limit = server.config.grace_s + 0.5  # stop() above already spent drain_s before returning
         if not stopped.wait(limit if exit_hard_after_grace else None):
             log.warning("handlers still running %.1fs after the stop began; exiting without waiting for them", limit)
         server._close_owned_store()

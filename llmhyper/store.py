@@ -591,6 +591,22 @@ class WeightStore:
                 return view
         return e.pin(v)
 
+    def has_version(self, version: str) -> bool:
+        """True when ``version`` is stored now (one tiny read; nothing is pinned).
+
+        A version that is gone (pruned, possibly by another process) also has its cached
+        view dropped here, so its pages can be reused once no array of it is alive.
+        """
+        e = self._env()
+        if not isinstance(version, str) or not version:
+            return False
+        versions = e.dbs["versions"]
+        key = version.encode()
+        found = e.read(lambda txn: txn.get(key, db=versions) is not None)
+        if not found:
+            e.retire(version)
+        return found
+
     def release(self, version: str) -> None:
         """Drop ``version``'s cached view; its read txn ends once no array of it is alive."""
         self._env().retire(version)

@@ -213,3 +213,19 @@ def test_serving_imports_stay_light():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["[]", "1 1"]
+
+
+def test_store_rollback_and_prune_never_create_a_store(tmp_path):
+    for args in (("rollback",), ("prune", "--keep", "1")):
+        path = tmp_path / f"typo-{args[0]}"
+        r = run_cli("store", *args, "--store", str(path))
+        assert r.returncode == 2 and "store not found" in r.stderr, r.stderr
+        assert not path.exists()
+
+
+def test_store_rollback_with_nothing_older_names_the_reason(tmp_path, world):
+    path = tmp_path / "one.lmdb"
+    with WeightStore(path) as s:
+        publish_world(s, world, with_users=False)
+    r = run_cli("store", "rollback", "--store", str(path))
+    assert r.returncode == 2 and "no version before v000001" in r.stderr, r.stderr

@@ -263,3 +263,21 @@ def test_client_raises_typed_error(client):
 def test_manifest_json_round_trip(stub, world):
     info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
     assert json.loads(info.manifest_json)["prompt_version"] == world.manifest["prompt_version"]
+
+
+@pytest.mark.parametrize("field", ["user_id", "version", "feature_map", "batch_user"])
+def test_huge_echoed_ids_still_get_their_own_code(stub, field):
+    """A 200 KB id echoed whole in the status details exceeds the client's metadata limit,
+    which turns the answer into RESOURCE_EXHAUSTED 'Stream removed'; the message is capped."""
+    big = "x" * 200_000
+    if field == "batch_user":
+        call, req, code = stub.RankBatch, pb.RankBatchRequest(user_ids=[big], top_k=1), grpc.StatusCode.NOT_FOUND
+    elif field == "feature_map":
+        call, req, code = stub.Rank, pb.RankRequest(feature_map={big: 1.0}, top_k=1), grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        req = pb.RankRequest(top_k=1, **({"user_id": big} if field == "user_id" else {"user_id": "u001", "version": big}))
+        call, code = stub.Rank, grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as ei:
+        call(req, timeout=5)
+    assert ei.value.code() == code, ei.value.details()
+    assert "xxxx" in ei.value.details() and len(ei.value.details()) <= 2100

@@ -273,3 +273,25 @@ def test_unknown_server_option_is_rejected(store_path):
         create_server("127.0.0.1:0", str(store_path), wokers=3)
     with pytest.raises(ValueError, match="tls_cert and tls_key"):
         create_server("127.0.0.1:0", str(store_path), tls_cert="x.pem")
+
+
+def test_pinned_version_is_not_found_once_pruned(rw_store, make_server, world):
+    """A version pin served once must not outlive a prune of that version (was cached forever)."""
+    server, port = make_server(rw_store, poll_interval_s=0.05)
+    w2 = make_world(seed=5)
+    v2 = rw_store.publish(w2.ad_ids, w2.theta, w2.features)
+    x = world.x("u009")
+    with RankerClient(f"127.0.0.1:{port}") as c:
+        assert wait_for(lambda: c.model_info().version == v2, timeout=2)
+        assert c.rank(features=x, top_k=2, version="v000001").version == "v000001"  # pinned state cached
+        assert rw_store.prune(1) == ["v000001"]
+
+        def pin_gone() -> bool:
+            try:
+                c.rank(features=x, top_k=2, version="v000001")
+            except RankerError as e:
+                return e.code == grpc.StatusCode.NOT_FOUND
+            return False
+
+        assert wait_for(pin_gone, timeout=2.0)
+        assert c.rank(features=x, top_k=2).version == v2

@@ -444,3 +444,13 @@ def test_concurrent_reader_never_sees_a_mixed_version(tmp_path: Path) -> None:
     assert len(seen) >= 5, seen
     r.close()
     w.close()
+
+
+def test_has_version_tracks_publish_and_prune(tmp_path: Path) -> None:
+    with WeightStore(tmp_path / "hv.lmdb") as s:
+        assert not s.has_version("v000001") and not s.has_version("")
+        v1 = s.publish(["a"], np.ones((1, 1), np.float32), [("bias", "intercept")])
+        v2 = s.publish(["a"], np.zeros((1, 1), np.float32), [("bias", "intercept")])
+        assert s.has_version(v1) and s.has_version(v2)
+        assert s.prune(1) == [v1]
+        assert not s.has_version(v1) and s.has_version(v2)
