@@ -252,7 +252,8 @@ class Dataset:
 
         cutoff T (unix seconds) = ``cutoff`` if given, else the ``quantile`` of all ads'
         ``launched_at`` if a quantile is given, else the dataset's declared
-        ``meta["time_split"]["cutoff"]`` if present, else the 0.7 quantile. Warm = launched
+        ``meta["time_split"]["cutoff"]`` if present, else its declared ``quantile`` if present,
+        else the 0.7 quantile. Warm = launched
         strictly before T with >= ``min_interactions`` logged rows; cold = launched at or after T
         with >= ``min_interactions`` (default: declared value, else 5). Ads below the minimum are
         in neither set.
@@ -267,7 +268,9 @@ class Dataset:
             if quantile is None and "cutoff" in declared:
                 cutoff = float(declared["cutoff"])
             else:
-                q = 0.7 if quantile is None else float(quantile)
+                if quantile is None:
+                    quantile = declared.get("quantile", 0.7)
+                q = float(quantile)
                 if not 0.0 <= q <= 1.0:
                     raise ValueError(f"quantile must be in [0, 1], got {q}")
                 if lt.size == 0:

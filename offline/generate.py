@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import sys
 import threading
 import time
-import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -99,6 +99,9 @@ class WeightGenerator(Protocol):
         ...
 
 
+_FEATURE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
 def _check_features(features: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     feats = [(str(n), str(d)) for n, d in features]
     if not feats:
@@ -107,8 +110,11 @@ def _check_features(features: Sequence[tuple[str, str]]) -> list[tuple[str, str]
     for n, _ in feats:
         if not n or len(n) > 128:
             raise ValueError(f"feature name {n[:40]!r} must be 1..128 characters")
-        if any(c in "<>`" or (unicodedata.category(c)[0] in "CZ" and c != " ") for c in n):
-            raise ValueError(f"feature name {n[:40]!r} contains control, invisible or markup characters")
+        # names appear outside the data blocks (the Output section lists them), so they must be
+        # plain identifiers, as features.csv requires: no words, spaces or markup can ride along
+        if not _FEATURE_NAME_RE.fullmatch(n):
+            raise ValueError(f"feature name {n[:40]!r} must be an identifier (letters, digits, _ . -): "
+                             "no spaces, control, invisible or markup characters")
         if n in seen:
             raise ValueError(f"duplicate feature name {n!r}")
         seen.add(n)
@@ -414,7 +420,8 @@ class LLMGenerator:
             last_reason = ""
             for s in range(n):
                 key = answer_key(ad_hash=ahash, batch_names=prompt.keys, prompt_version=PROMPT_VERSION,
-                                 model=fp, sample=s, neighbour_ids=nb_ids, prompt_sha=psha)
+                                 model=fp, sample=s, neighbour_ids=nb_ids, prompt_sha=psha,
+                                 seed=self.seed + s)
                 meta = {"key": key, "prompt_sha": psha, "prompt_version": PROMPT_VERSION, "model": fp,
                         "sample": s, "seed": self.seed + s, "batch": list(prompt.keys), "ad_hash": ahash,
                         "neighbour_ids": nb_ids}

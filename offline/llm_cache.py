@@ -39,12 +39,14 @@ def answer_key(
     sample: int,
     neighbour_ids: Sequence[str],
     prompt_sha: str,
+    seed: int | None = None,
 ) -> str:
     """Cache key of one sample answer: sha256 over the ad content hash, the batch's feature
     names, the prompt version, the model fingerprint (backend, model, temperature), the sample
-    index, the shown neighbours' ids and the hash of the exact prompt text."""
+    index, the sampling seed sent to the model (None: no seed), the shown neighbours' ids and
+    the hash of the exact prompt text."""
     return content_hash(
-        "llm-answer-v1",
+        "llm-answer-v2",
         ad_hash,
         json.dumps(list(batch_names), ensure_ascii=False),
         prompt_version,
@@ -52,6 +54,7 @@ def answer_key(
         str(int(sample)),
         json.dumps(list(neighbour_ids), ensure_ascii=False),
         prompt_sha,
+        "none" if seed is None else str(int(seed)),
     )
 
 

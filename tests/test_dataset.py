@@ -166,6 +166,13 @@ def test_time_split_matches_plain_rule(small):
         assert ds.time_split(quantile=0.7).cutoff == np.quantile(lt, 0.7)
     finally:
         del ds.meta["time_split"]
+    # a declared quantile (without a cutoff) is the default too, not silently replaced by 0.7
+    ds.meta["time_split"] = {"quantile": 0.3}
+    try:
+        assert ds.time_split().cutoff == np.quantile(lt, 0.3)
+        assert ds.time_split(quantile=0.7).cutoff == np.quantile(lt, 0.7)
+    finally:
+        del ds.meta["time_split"]
 
 
 def test_labels_pairs_and_ctr_implicit(small):
