@@ -202,11 +202,11 @@ def train_warm(ds: Dataset, split: Split, cfg: BuildConfig, quiet: bool = True,
         data_key = content_hash(ds.X.tobytes(), np.packbits(Y).tobytes(), str(Y.shape))
     else:
         u, c, y = ds.pairs(split.warm)
-        data_key = content_hash(ds.X.tobytes(), u.tobytes(), c.tobytes(), y.tobytes())
+        data_key = content_hash(ds.X.tobytes(), u.tobytes(), c.tobytes(), y.tobytes(), str(len(split.warm)))
     key = content_hash(data_key, json.dumps([cfg.l2, list(cfg.l2_grid), cfg.seed]))
     cached = load_npy(work / f"{key}.npy")
     meta_path = work / f"{key}.json"
-    if cached is not None and meta_path.is_file():
+    if cached is not None and meta_path.is_file() and cached.shape == (len(split.warm), ds.X.shape[1]):
         _log(f"warm weights: cache hit ({cached.shape[0]} ads)", quiet)
         stats["warm_cache"] = "hit"
         return cached, float(json.loads(meta_path.read_text())["l2"])
@@ -338,7 +338,7 @@ def default_calibration(generator: str) -> tuple[bool, bool]:
     user part and cost AUC, and they inherit their neighbours' intercepts, so neither step applies.
     LLM weights follow the paper (normalise, then shift to the neighbours' mean CTR).
     """
-    return (False, False) if generator == "knn" else (True, True)
+    return (False, False) if generator in ("knn", "knn-raw") else (True, True)
 
 
 def user_sample(ds: Dataset, n: int, seed: int, users: np.ndarray | None = None) -> np.ndarray:
@@ -414,6 +414,13 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
     Xs = user_sample(ds, cfg.user_sample, cfg.seed)
     t0 = time.perf_counter()
     cal_thetas, cal_info = calibrate_cold(prep, thetas, Xs, normalize, shift)
+    fell_back = [c for c, g in enumerate(generated) if g.failed and cfg.on_failure == "fallback"]
+    knn_cal = default_calibration("knn")
+    if fell_back and cfg.normalize is None and cfg.shift is None and knn_cal != (normalize, shift):
+        # fallback rows are kNN weights: calibrate them the way kNN weights are calibrated
+        fb_thetas, fb_info = calibrate_cold(prep, thetas, Xs, *knn_cal)
+        for c in fell_back:
+            cal_thetas[c], cal_info[c] = fb_thetas[c], fb_info[c]
     prep.timings["calibrate_s"] = time.perf_counter() - t0
     if not keep.any():
         raise BuildError(f"generate: every ad failed; nothing to publish (first: {failed[0]})")

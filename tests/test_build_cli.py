@@ -142,3 +142,28 @@ def test_movielens_build_end_to_end(tmp_path: Path, capsys) -> None:
     assert main(args) == 0
     rep2 = json.loads(capsys.readouterr().out)
     assert rep2["cache"]["warm_cache"] == "hit" and rep2["cache"]["embed_misses"] == 0
+
+
+def test_failed_llm_ad_falls_back_to_knn_weights_calibrated_as_knn(tmp_path: Path, work: Path, monkeypatch) -> None:
+    """A poisoned ad gets the default kNN weights, calibrated the kNN way (no unit norm, no
+    shift), while the LLM ads get the paper's normalise + shift."""
+    from tests.fakes.llm_server import FakeLLMServer
+
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+    ds = load_source("synthetic:3")
+    bad = ds.ads[ds.time_split().cold[0]]
+    with FakeLLMServer() as llm:
+        llm.always("nan", match=bad.title)
+        cfg = BuildConfig(dataset="synthetic:3", work_dir=str(work), generator="gemini", k=5, limit_cold=3,
+                          generator_options={"n_samples": 1, "shots": 3, "max_retries": 1, "backoff_base": 0.0,
+                                             "backoff_cap": 0.0, "base_url": llm.base_url, "model": "gemini-test",
+                                             "cache_dir": str(tmp_path / "llm-cache")})  # no answers from other tests
+        res = build(cfg, quiet=True, dataset=ds)
+    recs = res.artifact.ad_records
+    assert recs[bad.ad_id]["failed"] and recs[bad.ad_id]["fallback"] == "knn"
+    assert recs[bad.ad_id]["alpha"] is None and recs[bad.ad_id]["scale"] == 1.0
+    good = [a for a in res.artifact.ad_ids if a != bad.ad_id]
+    assert good and all(recs[a]["alpha"] is not None and recs[a]["scale"] != 1.0 for a in good)
+    knn = build(BuildConfig(dataset="synthetic:3", work_dir=str(work), k=5, limit_cold=3), quiet=True, dataset=ds)
+    row = res.artifact.ad_ids.index(bad.ad_id)
+    assert np.allclose(res.artifact.theta[row], knn.artifact.theta[knn.artifact.ad_ids.index(bad.ad_id)], atol=1e-6)

@@ -1,6 +1,8 @@
 """The one interface every LLM backend implements, and the error classes our retry policy reads.
 
-Backends do a single HTTP call per ``complete`` and never retry on their own: the generator's
+Backends make one HTTP call per ``complete`` (the OpenAI-compatible backend may add up to
+three more, once per backend, while it finds the structured-output form a server accepts) and
+never retry on their own: the generator's
 retry loop (offline/generate.py) is the only retry policy, so every attempt is counted.
 
 Error classification (shared by all backends, see :func:`classify_http_error`):
