@@ -124,11 +124,6 @@ def test_publisher_killed_at_random_points(tmp_path: Path) -> None:
     _kill_publisher_loop(tmp_path, iterations=20, seed=1)
 
 
-@pytest.mark.slow
-def test_publisher_killed_at_random_points_50_times(tmp_path: Path) -> None:
-    _kill_publisher_loop(tmp_path, iterations=50, seed=2)
-
-
 def _publish_cycles(w: WeightStore, n: int, M: int) -> None:
     for _ in range(n):
         cur = w.current_version()

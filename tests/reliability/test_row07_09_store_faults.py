@@ -28,21 +28,11 @@ from llmhyper.client import RankerClient
 from llmhyper.store import PublishError, WeightStore
 
 from . import store_procs
+from tests.test_store_crash import assert_complete  # same version encoding as store_procs
+
 from .store_procs import F, rows
 
 KILLS = 50
-
-
-def assert_complete(store: WeightStore) -> str:
-    """The current version is whole: shape, every weight, ids, manifest and a record agree."""
-    v = store.view()
-    k = int(v.version[1:])
-    assert v.theta.shape == (rows(k), F), (v.version, v.theta.shape)
-    assert np.all(v.theta == k), f"{v.version} holds weights of another version"
-    assert v.ad_ids[0] == f"{k}_0" and v.ad_ids[-1] == f"{k}_{rows(k) - 1}"
-    assert v.manifest["seq"] == k
-    assert store.ad_record(v.version, f"{k}_100") == {"seq": k}
-    return v.version
 
 
 @pytest.fixture(scope="module")
