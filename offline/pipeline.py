@@ -452,6 +452,7 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
         "created_at": time.time(),
         "dataset": ds.name,
         "generator": getattr(gen, "name", cfg.generator),
+        "generator_config": gen.config() if cfg.generator == "knn" else None,
         "model": getattr(getattr(gen, "backend", None), "model", None),
         "prompt_version": PROMPT_VERSION if cfg.generator != "knn" else None,
         "embedder": cfg.embedder,
