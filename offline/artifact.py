@@ -107,6 +107,19 @@ def _parse_meta(path: str | os.PathLike, raw: np.ndarray) -> dict:
     return meta
 
 
+def _meta_with_features(path: str | os.PathLike, raw: np.ndarray,
+                        keys: tuple[str, ...]) -> tuple[dict, list]:
+    """The metadata dict of a file, checked to hold ``keys`` and a [name, description] feature list."""
+    meta = _parse_meta(path, raw)
+    for k in (*keys[:1], "features", *keys[1:]):
+        if k not in meta:
+            raise ValueError(f"{path}: metadata lacks {k!r}")
+    feats = meta["features"]
+    if not isinstance(feats, list) or not all(isinstance(p, list) and len(p) == 2 for p in feats):
+        raise ValueError(f"{path}: 'features' must be a list of [name, description]")
+    return meta, feats
+
+
 @dataclass
 class WeightArtifact:
     """Per-ad weight rows ready to publish.
@@ -167,13 +180,7 @@ class WeightArtifact:
     def load(cls, path: str | os.PathLike) -> "WeightArtifact":
         """Read and validate a weights file; ValueError naming what is wrong."""
         data = _read_npz(path, WEIGHTS_FORMAT, ("theta", "meta"))
-        meta = _parse_meta(path, data["meta"])
-        for k in ("ad_ids", "features", "manifest", "ad_records"):
-            if k not in meta:
-                raise ValueError(f"{path}: metadata lacks {k!r}")
-        feats = meta["features"]
-        if not isinstance(feats, list) or not all(isinstance(p, list) and len(p) == 2 for p in feats):
-            raise ValueError(f"{path}: 'features' must be a list of [name, description]")
+        meta, feats = _meta_with_features(path, data["meta"], ("ad_ids", "manifest", "ad_records"))
         art = cls(
             ad_ids=meta["ad_ids"],
             theta=np.ascontiguousarray(data["theta"]),
@@ -221,13 +228,7 @@ class UserTable:
     def load(cls, path: str | os.PathLike) -> "UserTable":
         """Read and validate a user table; ValueError naming what is wrong."""
         data = _read_npz(path, USERS_FORMAT, ("X", "meta"))
-        meta = _parse_meta(path, data["meta"])
-        for k in ("user_ids", "features"):
-            if k not in meta:
-                raise ValueError(f"{path}: metadata lacks {k!r}")
-        feats = meta["features"]
-        if not isinstance(feats, list) or not all(isinstance(p, list) and len(p) == 2 for p in feats):
-            raise ValueError(f"{path}: 'features' must be a list of [name, description]")
+        meta, feats = _meta_with_features(path, data["meta"], ("user_ids",))
         tab = cls(user_ids=meta["user_ids"], X=np.ascontiguousarray(data["X"]),
                   features=[(str(a), str(b)) for a, b in feats])
         try:

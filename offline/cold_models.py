@@ -47,7 +47,7 @@ import numpy as np
 from scipy.special import expit, logit
 
 from offline.calibrate import solve_shift
-from offline.generate import Generated, Neighbour
+from offline.generate import Generated, KNNGenerator, Neighbour, check_neighbours
 
 if TYPE_CHECKING:  # pragma: no cover
     from offline.dataset import Ad
@@ -59,17 +59,6 @@ CTR_FLOOR = 1e-4
 
 def _logit_ctr(ctr: np.ndarray) -> np.ndarray:
     return logit(np.clip(np.asarray(ctr, dtype=np.float64), CTR_FLOOR, 1.0 - CTR_FLOOR))
-
-
-def _check_neighbours(ad: Any, neighbours: Sequence[Neighbour], F: int) -> None:
-    if not neighbours:
-        raise ValueError(f"ad {getattr(ad, 'ad_id', '?')}: needs at least one neighbour")
-    for nb in neighbours:
-        th = np.asarray(nb.theta)
-        if th.shape != (F,):
-            raise ValueError(f"neighbour {getattr(nb.ad, 'ad_id', '?')}: theta has shape {th.shape}, expected ({F},)")
-        if not np.all(np.isfinite(th)):
-            raise ValueError(f"neighbour {getattr(nb.ad, 'ad_id', '?')}: theta is not finite")
 
 
 def _generated(theta: np.ndarray, samples: np.ndarray | None = None) -> Generated:
@@ -119,7 +108,7 @@ class PopularityGenerator:
 
     def generate(self, ad: "Ad", neighbours: list[Neighbour], features: list[tuple[str, str]]) -> Generated:
         F = len(features)
-        _check_neighbours(ad, neighbours, F)
+        check_neighbours(ad, neighbours, F)
         ctr = np.array([nb.mean_ctr for nb in neighbours], dtype=np.float64)
         ctr = ctr[np.isfinite(ctr)]
         if ctr.size == 0:
@@ -506,12 +495,11 @@ class ContentKNNGenerator:
             raise ValueError(f"fitted on {self.slope.shape[0]} features, got {F}")
         if features[0][0] != "bias":
             raise ValueError(f"features[0] must be the intercept 'bias', got {features[0][0]!r}")
-        _check_neighbours(ad, neighbours, F)
+        check_neighbours(ad, neighbours, F)
         order = sorted(range(len(neighbours)), key=lambda i: (-float(neighbours[i].similarity), i))[: c.k]
         T = np.stack([np.asarray(neighbours[i].theta, dtype=np.float64) for i in order])
-        s = np.array([float(neighbours[i].similarity) for i in order])
-        w = np.exp((s - s.max()) / c.temperature)
-        w /= w.sum()
+        w = KNNGenerator(temperature=c.temperature).mix_weights(
+            np.array([float(neighbours[i].similarity) for i in order]))
         theta = w @ T
         if c.drift:
             nb_rec = self._recency(np.array([neighbours[i].ad.launched_at for i in order]))
@@ -594,9 +582,8 @@ def pseudo_cold_validation(prep: "Prepared", configs: dict[str, dict], frac: flo
             ad = ds.ads[sp.warm[j]]
             if raw:
                 k, t = opts.get("k", 10), opts.get("temperature", 0.05)
-                s = np.array([nb.similarity for nb in nbs[:k]])
-                w = np.exp((s - s.max()) / t)
-                thetas[r] = (w / w.sum()) @ np.stack([nb.theta for nb in nbs[:k]])
+                w = KNNGenerator(k=k, temperature=t).mix_weights(np.array([nb.similarity for nb in nbs[:k]]))
+                thetas[r] = w @ np.stack([nb.theta for nb in nbs[:k]])
             else:
                 thetas[r] = gen.generate(ad, nbs, feats).theta
                 if gen.cfg.intercept != "neighbours":
@@ -808,9 +795,8 @@ def score_fold(prep: "Prepared", fold: ValidationFold, opts: dict, k_retrieve: i
             thetas[r, 0] = float(_logit_ctr(np.array([np.mean([nb.mean_ctr for nb in nbs])]))[0])
         elif raw:
             k, t = opts.get("k", 10), opts.get("temperature", 0.05)
-            s = np.array([nb.similarity for nb in nbs[:k]])
-            wt = np.exp((s - s.max()) / t)
-            thetas[r] = (wt / wt.sum()) @ np.stack([nb.theta for nb in nbs[:k]])
+            wt = KNNGenerator(k=k, temperature=t).mix_weights(np.array([nb.similarity for nb in nbs[:k]]))
+            thetas[r] = wt @ np.stack([nb.theta for nb in nbs[:k]])
         else:
             thetas[r] = gen.generate(ds.ads[sp.warm[j]], nbs, feats).theta
     Y = ds.labels(sp.warm[held])

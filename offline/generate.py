@@ -121,7 +121,11 @@ def _check_features(features: Sequence[tuple[str, str]]) -> list[tuple[str, str]
     return feats
 
 
-def _check_neighbours(neighbours: Sequence[Neighbour], F: int) -> None:
+def check_neighbours(ad: "Ad", neighbours: Sequence[Neighbour], F: int, allow_empty: bool = False) -> None:
+    """Raise ValueError unless there is at least one neighbour (unless ``allow_empty``) and each
+    has a finite theta f[F] and a finite similarity (shared by every generator that reads them)."""
+    if not neighbours and not allow_empty:
+        raise ValueError(f"ad {getattr(ad, 'ad_id', '?')}: needs at least one neighbour")
     for nb in neighbours:
         th = np.asarray(nb.theta)
         if th.shape != (F,):
@@ -175,9 +179,7 @@ class KNNGenerator:
         """theta = sum_i w_i theta_i over the (k most similar) neighbours; spread = weighted std."""
         feats = _check_features(features)
         F = len(feats)
-        if not neighbours:
-            raise ValueError(f"ad {getattr(ad, 'ad_id', '?')}: KNN generator needs at least one neighbour")
-        _check_neighbours(neighbours, F)
+        check_neighbours(ad, neighbours, F)
         order = sorted(range(len(neighbours)), key=lambda i: (-float(neighbours[i].similarity), i))
         if self.k is not None:
             order = order[: self.k]
@@ -393,7 +395,7 @@ class LLMGenerator:
         F = len(feats)
         if self.bias_mode == "neighbours" and feats[0][0] != "bias":
             raise ValueError(f"features[0] must be the intercept 'bias', got {feats[0][0]!r}")
-        _check_neighbours(neighbours, F)
+        check_neighbours(ad, neighbours, F, allow_empty=True)  # zero-shot prompts need none
         flags = scan_ad_text(ad)
         cost = _new_cost()
         findex = {n: i for i, (n, _) in enumerate(feats)}
