@@ -62,6 +62,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None, help="LLM samples averaged per feature batch")
     p.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
                    help="extra generator option (repeatable), e.g. --option batch_size=8")
+    p.add_argument("--default-option", action="append", default=[], metavar="KEY=JSON",
+                   help="option of the default generator (repeatable), e.g. --default-option stack_meta='\"year\"'"
+                        " to score a variant of it through the same harness")
     p.add_argument("--latency-users", type=int, default=200,
                    help="held-out users sent as gRPC Rank calls per method (0 = skip)")
     p.add_argument("--work-dir", default=".llmhyper-work", help="caches and the evaluation store")
@@ -78,15 +81,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"llmhyper evaluate: error: {msg}", file=sys.stderr)
         return 2
 
-    opts: dict[str, Any] = {}
-    for item in args.option:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            return bad(f"--option must be KEY=JSON, got {item!r}")
-        try:
-            opts[key] = json.loads(val)
-        except json.JSONDecodeError:
-            opts[key] = val
+    def parse_options(items: list[str], flag: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for item in items:
+            key, sep, val = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"{flag} must be KEY=JSON, got {item!r}")
+            try:
+                out[key] = json.loads(val)
+            except json.JSONDecodeError:
+                out[key] = val
+        return out
+
+    try:
+        opts = parse_options(args.option, "--option")
+        default_opts = parse_options(args.default_option, "--default-option")
+    except ValueError as e:
+        return bad(str(e))
     if args.model:
         opts["model"] = args.model
     if args.base_url:
@@ -98,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = EvalConfig(dataset=args.dataset, seeds=args.seeds, test_frac=args.test_frac, k=args.k,
                          methods=methods, generator=args.generator, generator_options=opts,
                          llm_shots=tuple(args.shots), llm_captions=tuple(args.captions),
+                         default_options=default_opts,
                          latency_users=args.latency_users, work_dir=args.work_dir, out_dir=args.out,
                          quiet=args.quiet)
         cfg.validate()

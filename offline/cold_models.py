@@ -260,7 +260,10 @@ class ContentKNNConfig:
     launch-time trend to it; shrink: pull toward the (recency-weighted, drift-corrected) mean
     retired user part, 0 = none, 1 = every cold ad shares one user part.
     Intercept: ``stacked`` (both base predictors combined by least squares on an internal
-    pseudo-cold split of the retired ads, the latest ``stack_frac`` by launch),
+    pseudo-cold split of the retired ads, the latest ``stack_frac`` by launch; stack_content:
+    include the content model's prediction; stack_meta: also regress directly on the metadata
+    columns, True = all, "year" = the stated-year block only; stack_l2: ridge penalty of that
+    regression, 0 = plain least squares. stack_meta lost on validation and is off),
     ``neighbour_ctr`` (the neighbours' mean CTR), ``content`` (the ridge content model) or
     ``neighbours`` (the mix's own intercept, no shift); ctr_k: neighbours in the CTR mean;
     content_embedding: the content model uses the embedding (else metadata only);
@@ -292,6 +295,9 @@ class ContentKNNConfig:
     ctr_gain: float = 1.0
     quantile_map: bool = True
     stack_frac: float = 0.2
+    stack_content: bool = True
+    stack_meta: bool | str = False
+    stack_l2: float = 0.0
     content_embedding: bool = True
     recency_interactions: bool = False
     user_ratio: float | None = None
@@ -318,6 +324,10 @@ class ContentKNNConfig:
             raise ValueError(f"ctr_gain must be a finite number >= 0, got {self.ctr_gain}")
         if not 0.0 < self.stack_frac < 1.0:
             raise ValueError(f"stack_frac must be in (0, 1), got {self.stack_frac}")
+        if self.stack_meta not in (False, True, "year"):
+            raise ValueError(f"stack_meta must be false, true or 'year', got {self.stack_meta!r}")
+        if not (self.stack_l2 >= 0 and math.isfinite(self.stack_l2)):
+            raise ValueError(f"stack_l2 must be a finite number >= 0, got {self.stack_l2}")
         if self.user_ratio is not None and not (self.user_ratio >= 0 and math.isfinite(self.user_ratio)):
             raise ValueError(f"user_ratio must be a finite number >= 0 or None, got {self.user_ratio}")
 
@@ -365,8 +375,20 @@ class ContentKNNGenerator:
         s = self.cfg.recency_scale_days
         return None if s is None else np.exp(rec / s)
 
+    def _stack_row(self, p_nbr: float | np.ndarray, p_con: float | np.ndarray, meta: np.ndarray) -> np.ndarray:
+        """Columns of the stack regression (no constant): [nbr, content?, metadata?], f64[n, p]."""
+        c = self.cfg
+        cols = [np.atleast_1d(np.asarray(p_nbr, dtype=np.float64))]
+        if c.stack_content:
+            cols.append(np.atleast_1d(np.asarray(p_con, dtype=np.float64)))
+        M = np.atleast_2d(np.asarray(meta, dtype=np.float64))
+        out = np.stack(cols, axis=1)
+        if c.stack_meta == "year":
+            M = M[:, -4:]  # the stated-year block of ContentEncoder
+        return np.concatenate([out, M], axis=1) if c.stack_meta and M.shape[1] else out
+
     def _fit_stack(self, ctr: np.ndarray, launched: np.ndarray, A: np.ndarray, emb: np.ndarray) -> None:
-        """Least-squares weights of [1, nbr, content] -> log-odds CTR on the latest
+        """Ridge weights of [nbr, content, metadata] -> log-odds CTR on the latest
         ``stack_frac`` retired ads, base predictors fitted on the earlier ones."""
         c = self.cfg
         cut = float(np.quantile(launched, 1.0 - c.stack_frac))
@@ -378,10 +400,14 @@ class ContentKNNGenerator:
         sims = emb[held] @ emb[pool].T
         top = np.argsort(-sims, axis=1, kind="stable")[:, : min(c.ctr_k, pool.size)]
         p_nbr = np.array([base.nbr(ctr[pool][t], rec[t]) for t in top])
-        P = np.stack([np.ones(held.size), p_nbr, base.content(A[held])], axis=1)
+        P = self._stack_row(p_nbr, base.content(A[held]), A[held][:, A.shape[1] - self.n_meta:])
         y = _logit_ctr(ctr[held])
-        self.stack = np.linalg.lstsq(P, y, rcond=None)[0]
-        fitted = P @ self.stack
+        if c.stack_l2 > 0:
+            mu, ym, beta = _ridge_fit(P, y, c.stack_l2, None)
+            self.stack = np.concatenate([[ym - float(mu @ beta)], beta])
+        else:
+            self.stack = np.linalg.lstsq(np.concatenate([np.ones((held.size, 1)), P], axis=1), y, rcond=None)[0]
+        fitted = self.stack[0] + P @ self.stack[1:]
         self.stack_center = float(fitted.mean())
         self.qmap = (np.sort(fitted), np.sort(y))
 
@@ -480,7 +506,8 @@ class ContentKNNGenerator:
         p_con = self.predict_logit_ctr(emb, ad.launched_at, ad)
         if c.intercept == "content":
             return self.ctr_center + c.ctr_gain * (p_con - self.ctr_center)
-        lo = float(self.stack @ np.array([1.0, p_nbr, p_con]))
+        meta = self._content_rows([ad], np.asarray(emb)[None, :])[:, -self.n_meta:] if self.n_meta else np.zeros((1, 0))
+        lo = float(self.stack[0] + self._stack_row(p_nbr, p_con, meta)[0] @ self.stack[1:])
         if c.quantile_map:
             lo = float(np.interp(lo, *self.qmap))
         return self.stack_center + c.ctr_gain * (lo - self.stack_center)

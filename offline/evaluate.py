@@ -90,6 +90,10 @@ class EvalConfig:
             raise ValueError(f"llm_shots must be >= 0, got {self.llm_shots}")
         if self.latency_users < 0:
             raise ValueError(f"latency_users must be >= 0, got {self.latency_users}")
+        if self.default_options:
+            from offline.cold_models import ContentKNNGenerator
+
+            ContentKNNGenerator(**self.default_options)  # names the unknown or bad option
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -52,12 +52,16 @@ def markdown(result: dict) -> str:
              "| Model | " + " | ".join(c for _, c in COLUMNS) + " | gap closed | L (ms) |",
              "|---|" + "---|" * (len(COLUMNS) + 2)]
     gap = result.get("gap_closed", {})
+    labels = dict(LABELS)
+    if cfg.get("default_options"):
+        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(cfg["default_options"].items()))
+        labels["default"] = f"**knn-content VARIANT ({opts}), not the default**"
     for n in _rows(s):
         lat = s[n].get("latency_ms")
         g = gap.get(n)
         g_txt = "n/a" if g is None else f"{g:.0%}"
         l_txt = "n/a" if not lat else f"{lat['mean']:.3f}"
-        lines.append(f"| {LABELS.get(n, n)} | " + " | ".join(_fmt(s[n].get(k)) for k, _ in COLUMNS)
+        lines.append(f"| {labels.get(n, n)} | " + " | ".join(_fmt(s[n].get(k)) for k, _ in COLUMNS)
                      + f" | {g_txt} | {l_txt} |")
     lines += ["", "*HR@5 / Cov@5: " + result.get("derived_labels", "derived labels") + "*", "",
               "gap closed = (AUC - AUC_LRcold) / (AUC_LRwarm - AUC_LRcold). L = mean per-user Rank "

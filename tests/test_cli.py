@@ -229,3 +229,14 @@ def test_store_rollback_with_nothing_older_names_the_reason(tmp_path, world):
         publish_world(s, world, with_users=False)
     r = run_cli("store", "rollback", "--store", str(path))
     assert r.returncode == 2 and "no version before v000001" in r.stderr, r.stderr
+
+
+def test_evaluate_default_option_errors_exit_2_before_any_work(tmp_path):
+    out = tmp_path / "report"
+    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "nope=1", "--out", str(out))
+    assert r.returncode == 2 and "unknown ContentKNNGenerator option 'nope'" in r.stderr
+    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "stack_meta", "--out", str(out))
+    assert r.returncode == 2 and "--default-option must be KEY=JSON" in r.stderr
+    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "stack_meta=genre", "--out", str(out))
+    assert r.returncode == 2 and "stack_meta must be" in r.stderr
+    assert not out.exists()

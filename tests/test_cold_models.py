@@ -92,6 +92,33 @@ def test_stacked_intercept_uses_content_and_beats_neighbour_ctr():
     assert len(g.config()["stack_coef"]) == 3 and g.config()["stack_coef"][2] > 0
 
 
+def test_stack_meta_adds_metadata_columns_to_the_stack():
+    world = _world()
+    ads, emb, launched, ctr, theta, X, cutoff, nw = world
+    cold = range(nw, len(ads))
+    truth = logit(ctr[nw:])
+    base = _fitted(world)
+    n_meta = base.n_meta  # 3 categories + the 4-column year block
+    assert n_meta == 7
+    preds = {}
+    for opt, n_coef in ((False, 3), ("year", 3 + 4), (True, 3 + n_meta)):
+        g = _fitted(world, stack_meta=opt, stack_l2=1.0 if opt else 0.0)
+        assert len(g.config()["stack_coef"]) == n_coef
+        preds[opt] = np.array([g.intercept_logit(ads[i], _neighbours(i, emb, ads, theta, ctr, nw)) for i in cold])
+        assert spearmanr(preds[opt], truth)[0] > 0.6
+    assert not np.allclose(preds["year"], preds[False])
+    g = _fitted(world, stack_meta="year", stack_content=False, stack_l2=1.0)
+    assert len(g.config()["stack_coef"]) == 2 + 4  # constant, nbr, year block
+
+
+@pytest.mark.parametrize("opts, msg", [({"stack_meta": "genre"}, "stack_meta must be"),
+                                       ({"stack_l2": -1.0}, "stack_l2 must be"),
+                                       ({"stack_l2": float("nan")}, "stack_l2 must be")])
+def test_stack_options_are_checked(opts, msg):
+    with pytest.raises(ValueError, match=msg):
+        ContentKNNGenerator(**opts)
+
+
 def test_quantile_map_keeps_predictions_in_retired_range_and_shift_hits_target():
     world = _world(seed=1)
     ads, emb, launched, ctr, theta, X, cutoff, nw = world
