@@ -12,6 +12,9 @@ Serving model
 * Hot swap: a background thread polls ``store.current_version()`` every
   ``poll_interval_s`` (default 100 ms) and replaces the state reference when it
   changes. Requests pinned to a version get that version's state from a small cache.
+  Requests by user id read the user rows together with the store's current version (one
+  read transaction) and swap at once when that shows a newer publish, so a user row and
+  the weights published with it are always served together.
 * Health (grpc.health.v1): NOT_SERVING until the store is open, a version is loaded
   and ``scoring.warmup()`` compiled the kernels; SERVING after; NOT_SERVING first on
   shutdown, then ``server.stop(grace)`` lets in-flight calls finish.
@@ -54,6 +57,7 @@ _F32 = np.dtype(np.float32)
 _LE_F32 = np.dtype("<f4")
 _LE_I32 = np.dtype("<i4")
 _PONG = pb.PingResponse()
+_SYNC_ATTEMPTS = 3  # by-id reads that may each catch a newer publish before giving up
 _SC = grpc.StatusCode
 
 
@@ -173,6 +177,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._poller_lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one _poll_once at a time (poller or a request)
         self._delay = float(config.debug_handler_delay_s)
         self._max_k = int(config.max_top_k)
 
@@ -286,7 +291,8 @@ class RankerServicer(pb_grpc.RankerServicer):
         interval = self._config.poll_interval_s
         while not self._stop.wait(interval):
             try:
-                self._poll_once()
+                with self._sync_lock:
+                    self._poll_once()
             except Exception:  # keep serving the old version; try again next tick
                 log.exception("hot-swap poll failed; still serving %s", self.current_version)
 
@@ -314,8 +320,46 @@ class RankerServicer(pb_grpc.RankerServicer):
                 self._pinned.popitem(last=False)
         return pinned
 
-    def _user_vector(self, st: ServingState, user_id: str, dense: Sequence[float], fmap: Mapping[str, float]) -> np.ndarray:
-        """The request's feature vector as float32 [F] (validated: length, names, finite)."""
+    @staticmethod
+    def _is_live(requested: str) -> bool:
+        """True when the request follows the live version (it names none); a named version is
+        pinned and stays on it even if a newer one is published meanwhile."""
+        return not requested
+
+    def _users_by_id(self, st: ServingState, live: bool, user_ids: Sequence[str]) -> tuple[ServingState, np.ndarray]:
+        """(state, float32 [B, F]) for rows of the store's user table.
+
+        The rows and the store's current version are read in one transaction. When the request
+        is for the live version and that read shows a newer publish than ``st``, the server
+        swaps to it first (instead of waiting up to one poll), so a user row is never scored
+        with weights from a different publish. A pinned version is scored with the user table
+        as it is now."""
+        for _ in range(_SYNC_ATTEMPTS):
+            if st.user_problem is not None:
+                raise RequestError(_SC.FAILED_PRECONDITION, st.user_problem)
+            try:
+                current, U = self._store.users_snapshot(user_ids)
+            except UserNotFound as e:
+                raise _not_found(f"unknown user_id {_short(str(e.user_id))} (the store's user table has "
+                                 f"{self._n_users} users)") from None
+            if not live or current is None or current == st.version:
+                if U.shape[1] != st.F:
+                    raise RequestError(_SC.FAILED_PRECONDITION,
+                                       f"user table rows have {U.shape[1]} features but version {st.version} "
+                                       f"expects F={st.F}")
+                return st, U
+            with self._sync_lock:
+                if self._state is None or self._state.version != current:
+                    self._poll_once()
+            st = self._state_for("")
+        raise RequestError(_SC.UNAVAILABLE, f"the weight version changed {_SYNC_ATTEMPTS} times while this "
+                                            "request read its users; retry")
+
+    def _user_vector(self, st: ServingState, live: bool, user_id: str, dense: Sequence[float],
+                     fmap: Mapping[str, float]) -> tuple[ServingState, np.ndarray]:
+        """(state, the request's feature vector float32 [F]), validated: length, names, finite.
+        The state differs from ``st`` only when a by-id read caught a newer publish (see
+        :meth:`_users_by_id`)."""
         n_dense = len(dense)
         given = (1 if user_id else 0) + (1 if n_dense else 0) + (1 if len(fmap) else 0)
         if given != 1:
@@ -323,17 +367,8 @@ class RankerServicer(pb_grpc.RankerServicer):
                 raise _invalid("no user given: set exactly one of user_id, features (dense) or feature_map")
             raise _invalid("set exactly one of user_id, features (dense) or feature_map, not several")
         if user_id:
-            if st.user_problem is not None:
-                raise RequestError(_SC.FAILED_PRECONDITION, st.user_problem)
-            x = self._store.user_vector(user_id)
-            if x is None:
-                raise _not_found(f"unknown user_id {_short(user_id)} (the store's user table has {self._n_users} users)")
-            if x.shape[0] != st.F:
-                raise RequestError(_SC.FAILED_PRECONDITION,
-                                   f"user {_short(user_id)} has {x.shape[0]} features but version {st.version} expects F={st.F}")
-            if x.dtype != _F32 or not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x, dtype=_F32)
-            return x
+            st, U = self._users_by_id(st, live, [user_id])
+            return st, U[0]
         if n_dense:
             if n_dense != st.F:
                 raise _invalid(f"features has {n_dense} values, expected F={st.F} for version {st.version} "
@@ -355,7 +390,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         if not np.isfinite(x).all():
             bad = int(np.flatnonzero(~np.isfinite(x))[0])
             raise _invalid(f"feature {st.feature_names[bad]!r} (index {bad}) is {float(x[bad])}; values must be finite")
-        return x
+        return st, x
 
     def _check_k(self, k: int) -> int:
         if k < 1 or k > self._max_k:
@@ -394,7 +429,8 @@ class RankerServicer(pb_grpc.RankerServicer):
     # ------------------------------------------------------------------ RPCs
     def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
         st = self._state_for(request.version)
-        x = self._user_vector(st, request.user_id, request.features, request.feature_map)
+        st, x = self._user_vector(st, self._is_live(request.version), request.user_id,
+                                  request.features, request.feature_map)
         k = self._check_k(request.top_k)
         mask = self._allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
         resp = pb.RankResponse(version=st.version)
@@ -418,6 +454,13 @@ class RankerServicer(pb_grpc.RankerServicer):
 
     def RankBatch(self, request: pb.RankBatchRequest, context: grpc.ServicerContext) -> pb.RankBatchResponse:
         st = self._state_for(request.version)
+        user_ids = request.user_ids
+        U = None
+        if user_ids:
+            if len(user_ids) > self._config.max_batch_users:
+                raise _invalid(f"batch has {len(user_ids)} user ids, more than the limit of "
+                               f"{self._config.max_batch_users}")
+            st, U = self._users_by_id(st, self._is_live(request.version), user_ids)
         F = st.F
         if request.num_features and request.num_features != F:
             raise _invalid(f"num_features is {request.num_features} but version {st.version} has F={F} features")
@@ -427,7 +470,6 @@ class RankerServicer(pb_grpc.RankerServicer):
             raise _invalid(f"features has {len(raw)} bytes, not a multiple of 4*F = {4 * F} "
                            f"(float32 little-endian rows of F={F} for version {st.version})")
         n_inline = len(raw) // (4 * F)
-        user_ids = request.user_ids
         B = n_inline + len(user_ids)
         if B == 0:
             raise _invalid("no users given: set features (packed float32 [B, F]) and/or user_ids")
@@ -440,16 +482,7 @@ class RankerServicer(pb_grpc.RankerServicer):
             r, c = (int(v) for v in np.argwhere(~np.isfinite(X_inline))[0])
             raise _invalid(f"features row {r}, feature {st.feature_names[c]!r} (index {c}) is "
                            f"{float(X_inline[r, c])}; values must be finite")
-        if user_ids:
-            if st.user_problem is not None:
-                raise RequestError(_SC.FAILED_PRECONDITION, st.user_problem)
-            try:
-                U = self._store.user_matrix(user_ids)  # one read transaction for all ids
-            except UserNotFound as e:
-                raise _not_found(f"{e} (the store's user table has {self._n_users} users)") from None
-            if U.shape[1] != F:
-                raise RequestError(_SC.FAILED_PRECONDITION,
-                                   f"user table rows have {U.shape[1]} features but version {st.version} expects F={F}")
+        if U is not None:
             X = U if X_inline is None else np.concatenate([X_inline, U])
         else:
             X = X_inline
@@ -472,10 +505,13 @@ class RankerServicer(pb_grpc.RankerServicer):
         st = self._state_for(request.version)
         if not request.ad_id:
             raise _invalid("ad_id is required")
-        i = st.ad_index.get(request.ad_id)
-        if i is None:
+        if request.ad_id not in st.ad_index:
             raise _not_found(f"unknown ad_id {_short(request.ad_id)} in version {st.version} ({st.M} ads)")
-        x = self._user_vector(st, request.user_id, request.features, request.feature_map)
+        st, x = self._user_vector(st, self._is_live(request.version), request.user_id,
+                                  request.features, request.feature_map)
+        i = st.ad_index.get(request.ad_id)
+        if i is None:  # the publish this request caught dropped the ad
+            raise _not_found(f"unknown ad_id {_short(request.ad_id)} in version {st.version} ({st.M} ads)")
         self._before_kernel(context)
         theta_row = st.theta[i]
         contrib = scoring.contributions(theta_row, x)

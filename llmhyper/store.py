@@ -779,11 +779,33 @@ class WeightStore:
                            for u in ids]
 
         feats_b, rows = e.read(get)
+        return self._rows_to_matrix(ids, feats_b, rows)
+
+    def users_snapshot(self, user_ids: Sequence[str]) -> tuple[str | None, np.ndarray]:
+        """The store's current version id and the features of ``user_ids``, float32 [B, F_user],
+        read in ONE transaction: a publish that replaces weights and user table together is
+        seen whole or not at all, so the pair always comes from the same publish.
+
+        Raises UserNotFound naming the first unknown id.
+        """
+        e = self._env()
+        users, meta = e.dbs["users"], e.dbs["meta"]
+        ids = list(user_ids)
+
+        def get(txn: lmdb.Transaction) -> tuple[bytes | None, bytes | None, list[bytes | None]]:
+            return (txn.get(b"current", db=meta), txn.get(b"user_features", db=meta),
+                    [txn.get(u.encode(), db=users) if isinstance(u, str) and u else None for u in ids])
+
+        cur, feats_b, rows = e.read(get)
+        return (None if cur is None else cur.decode()), self._rows_to_matrix(ids, feats_b, rows)
+
+    @staticmethod
+    def _rows_to_matrix(ids: list[str], feats_b: bytes | None, rows: list[bytes | None]) -> np.ndarray:
         F = len(json.loads(feats_b)) if feats_b else 0
         out = np.empty((len(ids), F), dtype=np.float32)
         for i, (u, b) in enumerate(zip(ids, rows)):
             if b is None:
-                raise UserNotFound(f"unknown user id {u!r}")
+                raise UserNotFound(f"unknown user id {u!r}", u)
             out[i] = np.frombuffer(b, dtype=_DTYPE)
         return out
 

@@ -27,7 +27,11 @@ class VersionNotFound(StoreError, LookupError):
 
 
 class UserNotFound(StoreError, LookupError):
-    """A user id is not in the store's user table."""
+    """A user id is not in the store's user table (``user_id``: the first unknown one)."""
+
+    def __init__(self, message: str, user_id: object = None) -> None:
+        super().__init__(message)
+        self.user_id = user_id
 
 
 class PublishError(StoreError):

@@ -295,3 +295,30 @@ def test_pinned_version_is_not_found_once_pruned(rw_store, make_server, world):
 
         assert wait_for(pin_gone, timeout=2.0)
         assert c.rank(features=x, top_k=2).version == v2
+
+
+def test_by_id_requests_never_pair_a_user_row_with_weights_of_another_publish(rw_store, make_server, world):
+    """A publish that replaces weights and user table together (one transaction) is served whole
+    by the very next by-id request, without waiting for the poller (which never runs here)."""
+    server, port = make_server(rw_store, poll_interval_s=3600.0)
+    w2 = make_world(seed=11, F=world.F + 2, N=len(world.user_ids))  # new schema: F changes too
+    v2 = rw_store.publish(w2.ad_ids, w2.theta, w2.features, manifest=w2.manifest,
+                          users=(w2.user_ids, w2.X, w2.features))
+    assert server.servicer.current_version == "v000001"  # the poller has not seen it
+    with RankerClient(f"127.0.0.1:{port}") as c:
+        r = c.rank("u003", top_k=5)
+        assert r.version == v2
+        idx, logit, _ = ref.topk_one(w2.theta, w2.x("u003"), 5)
+        assert r.ad_ids == [w2.ad_ids[i] for i in idx]
+        assert np.allclose([a.logit for a in r.ads], logit, atol=1e-5)
+        b = c.rank_batch(user_ids=["u000", "u007"], top_k=3)
+        assert b.version == v2
+        for row, u in enumerate(["u000", "u007"]):
+            assert b.ad_index[row].tolist() == ref.topk_one(w2.theta, w2.x(u), 3)[0].tolist()
+        e = c.explain(w2.ad_ids[0], "u003")
+        assert e.version == v2 and e.logit == pytest.approx(float(w2.theta[0] @ w2.x("u003")), abs=1e-5)
+        # a request pinned to the old version stays on it, scored with the user table as it is now
+        with pytest.raises(RankerError) as err:
+            c.rank("u003", top_k=5, version="v000001")
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert server.servicer.counters()["swaps"] == 1

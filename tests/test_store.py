@@ -337,6 +337,23 @@ def test_publish_with_users_is_one_transaction(store: WeightStore) -> None:
     assert store.current_version() == v2 and store.n_users() == 1 and store.user_vector("u0") is None
 
 
+def test_users_snapshot_reads_rows_and_current_version_together(store: WeightStore) -> None:
+    cur, U = store.users_snapshot([])
+    assert cur is None and U.shape == (0, 0)
+    F = 3
+    X = np.ones((2, F), np.float32)
+    X[:, 1:] = [[0.1, 0.2], [0.3, 0.4]]
+    v1 = store.publish(ids(4), weights(4, F), feats(F), users=(["a", "b"], X, feats(F)))
+    cur, U = store.users_snapshot(["b", "a"])
+    assert cur == v1 and U.dtype == np.float32 and np.array_equal(U, X[::-1])
+    v2 = store.publish(ids(4), weights(4, F, 1), feats(F), users=(["c"], X[:1] * 0 + 1, feats(F)))
+    cur, U = store.users_snapshot(["c"])
+    assert cur == v2 and U.tolist() == [[1.0, 1.0, 1.0]]
+    with pytest.raises(UserNotFound) as e:
+        store.users_snapshot(["c", "a"])  # "a" left with the v2 publish
+    assert e.value.user_id == "a"
+
+
 def test_read_only_opening_rules(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no weight store"):
         WeightStore(tmp_path / "missing", readonly=True)
