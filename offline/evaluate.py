@@ -38,7 +38,7 @@ from offline import pipeline
 
 BASE_METHODS = ("lrwarm", "lrcold", "popularity", "embedding", "knn-raw", "knn-raw+cal", "default")
 COLD_BASELINES = ("lrcold", "popularity", "knn-raw")
-METRICS = ("auc", "ndcg5", "ndcg10", "per_ad_auc", "log_loss", "ece", "hr5", "cov5")
+METRICS = ("auc", "ndcg5", "ndcg10", "per_ad_auc", "ctr_rho", "log_loss", "ece", "hr5", "cov5")
 
 
 @dataclass
@@ -314,6 +314,7 @@ class Evaluator:
             "ndcg5": _nanmean(M.ndcg_from_ranking(Y_te, idx, 5)),
             "ndcg10": _nanmean(M.ndcg_from_ranking(Y_te, idx, 10)),
             "per_ad_auc": M.mean_per_ad_auc(Y_te, S),
+            "ctr_rho": M.ad_rank_corr(Y_te, P.mean(axis=0)),
             "log_loss": M.log_loss_from_logits(Y_te, S),
             "ece": M.ece(Y_te, P, self.cfg.ece_bins),
         }, S, P
@@ -358,7 +359,8 @@ class Evaluator:
                         ranked = np.argsort(-S, axis=1, kind="stable")[:, :10]
                         m = {"auc": M.auc(Y_te, S), "ndcg5": _nanmean(M.ndcg_from_ranking(Y_te, ranked, 5)),
                              "ndcg10": _nanmean(M.ndcg_from_ranking(Y_te, ranked, 10)),
-                             "per_ad_auc": M.mean_per_ad_auc(Y_te, S), "log_loss": float("nan"),
+                             "per_ad_auc": M.mean_per_ad_auc(Y_te, S),
+                             "ctr_rho": M.ad_rank_corr(Y_te, S.mean(axis=0)), "log_loss": float("nan"),
                              "ece": float("nan"), "hr5": float("nan"), "cov5": float("nan")}
                         P = None
                     per_seed.setdefault(name, []).append(m)

@@ -70,6 +70,25 @@ def mean_per_ad_auc(Y: np.ndarray, S: np.ndarray) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+def ad_rank_corr(Y: np.ndarray, ad_scores: np.ndarray) -> float:
+    """Spearman correlation across ads between a per-ad score (e.g. mean predicted CTR over the
+    users, float [C]) and each ad's observed CTR over the same users (Y 0/1 [N, C]); ties get
+    average ranks. How well a method knows which ads will be popular, the part of pooled AUC
+    that per-ad AUC leaves out. NaN when either side is constant or there are < 3 ads."""
+    Y = np.asarray(Y)
+    a = np.asarray(ad_scores, dtype=np.float64).ravel()
+    if Y.ndim != 2 or a.size != Y.shape[1]:
+        raise ValueError(f"ad_scores must have one value per column of Y {Y.shape}, got {a.shape}")
+    if a.size < 3:
+        return float("nan")
+    r1 = _rankdata_avg(a)
+    r2 = _rankdata_avg(Y.mean(axis=0))
+    r1 -= r1.mean()
+    r2 -= r2.mean()
+    den = float(np.sqrt((r1 * r1).sum() * (r2 * r2).sum()))
+    return float((r1 * r2).sum() / den) if den > 0 else float("nan")
+
+
 def ndcg_from_ranking(Y: np.ndarray, ranked: np.ndarray, k: int) -> np.ndarray:
     """NDCG@k per user from ranked ad indices: float64 [N], NaN for users without positives.
 

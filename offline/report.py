@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (("auc", "AUC"), ("ndcg5", "NDCG@5"), ("ndcg10", "NDCG@10"), ("per_ad_auc", "per-ad AUC"),
-           ("log_loss", "log-loss"), ("ece", "ECE"), ("hr5", "HR@5*"), ("cov5", "Cov@5*"))
+           ("ctr_rho", "CTR ρ"), ("log_loss", "log-loss"), ("ece", "ECE"), ("hr5", "HR@5*"), ("cov5", "Cov@5*"))
 LABELS = {
     "lrwarm": "LRwarm (upper reference)",
     "lrcold": "LRcold (median of retired weights)",
@@ -64,6 +64,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {labels.get(n, n)} | " + " | ".join(_fmt(s[n].get(k)) for k, _ in COLUMNS)
                      + f" | {g_txt} | {l_txt} |")
     lines += ["", "*HR@5 / Cov@5: " + result.get("derived_labels", "derived labels") + "*", "",
+              "CTR ρ = Spearman correlation across active ads between the mean predicted CTR over the "
+              "test users and the observed CTR: whether a method knows which new ads will be popular "
+              "(per-ad AUC measures who clicks an ad; this measures how many do). For the embedding "
+              "baseline it uses the mean similarity.", "",
               "gap closed = (AUC - AUC_LRcold) / (AUC_LRwarm - AUC_LRcold). L = mean per-user Rank "
               "latency (top 10 by user id) through a real gRPC server on 127.0.0.1 over the evaluation "
               "store, seed-0 version of each method; n/a for the embedding baseline (not a linear model). "

@@ -42,6 +42,11 @@ def test_default_beats_cold_baselines(result):
     assert s["lrwarm"]["auc"]["mean"] > s["default"]["auc"]["mean"]
     assert s["popularity"]["per_ad_auc"]["mean"] == pytest.approx(0.5)
     assert 0.0 < result["gap_closed"]["default"] < 1.0
+    # popularity knowledge (CTR rank correlation across active movies): the default's intercept
+    # model knows more than raw neighbour weights, LRwarm (trained on the labels) most
+    rho = {n: s[n]["ctr_rho"]["mean"] for n in ("knn-raw", "default", "lrwarm")}
+    assert rho["knn-raw"] < rho["default"] < rho["lrwarm"], rho
+    assert np.isnan(s["lrcold"]["ctr_rho"]["mean"])  # one shared weight vector ranks no ad above another
 
 
 def test_report_files_and_latency(result):

@@ -96,3 +96,19 @@ def test_direction_accuracy():
     assert M.direction_accuracy(b, a, [1, 2, 3], [1, -1, 1]) == 1.0
     with pytest.raises(ValueError):
         M.direction_accuracy(b, a, [1, 2, 3], [1, 0, 1])
+
+
+def test_ad_rank_corr_matches_scipy_spearman_with_ties():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    Y = (rng.random((200, 30)) < rng.uniform(0.01, 0.3, 30)).astype(np.uint8)
+    Y[:, :4] = 0  # tied observed CTRs
+    s = rng.normal(size=30)
+    s[5:8] = 0.25  # tied scores
+    assert M.ad_rank_corr(Y, s) == pytest.approx(spearmanr(s, Y.mean(axis=0))[0], abs=1e-12)
+    assert M.ad_rank_corr(Y, Y.mean(axis=0)) == pytest.approx(1.0)
+    assert M.ad_rank_corr(Y, -Y.mean(axis=0)) == pytest.approx(-1.0)
+    assert np.isnan(M.ad_rank_corr(Y, np.ones(30)))  # a constant score ranks nothing
+    with pytest.raises(ValueError, match="one value per column"):
+        M.ad_rank_corr(Y, s[:-1])
