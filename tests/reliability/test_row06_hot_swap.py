@@ -124,3 +124,79 @@ def test_row06_hot_swap_under_load_never_mixes_versions(tmp_path, serve, record)
     assert ncalls[0] > 200
     assert last in seen
     assert len(versions_seen) >= PUBLISHES // 3, versions_seen
+
+
+def test_row06_by_id_requests_pair_each_user_row_with_its_own_publish(tmp_path, serve, record):
+    """Every publish replaces weights AND the user table (one transaction); version n's user
+    rows carry n in feature f1 and its weights 1/n there, so a matched pair scores exactly
+    1 - i*1e-4 for ad i and any mix of two publishes scores n/m instead."""
+    world = make_world()
+    F = world.F
+    ad_ids = [f"hs{i}" for i in range(M)]
+    users = [f"u{j}" for j in range(4)]
+
+    def weights(n: int) -> np.ndarray:
+        t = np.zeros((M, F), dtype=np.float32)
+        t[:, 0] = -np.arange(M, dtype=np.float32) * 1e-4
+        t[:, 1] = 1.0 / n
+        return t
+
+    def rows(n: int) -> np.ndarray:
+        X = np.zeros((len(users), F), dtype=np.float32)
+        X[:, 0] = 1.0
+        X[:, 1] = n
+        return X
+
+    path = tmp_path / "byid.lmdb"
+    w = WeightStore(path)
+    w.publish(ad_ids, weights(1), world.features, users=(users, rows(1), world.features))
+    sp = serve(path, "--poll-interval", "0.02")
+    want = 1.0 - np.arange(M) * 1e-4
+    stop = threading.Event()
+    lock = threading.Lock()
+    errors: list[str] = []
+    mixed: list[str] = []
+    seen: set[str] = set()
+    ncalls = [0]
+
+    def load(i: int) -> None:
+        with RankerClient(sp.target, timeout=10) as c:
+            k = i
+            while not stop.is_set():
+                k += 1
+                try:
+                    if k % 2:
+                        r = c.rank(users[k % len(users)], top_k=M)
+                        got, version = np.array([a.logit for a in r.ads]), r.version
+                    else:
+                        b = c.rank_batch(user_ids=users[:2], top_k=M)
+                        got, version = b.logit.ravel(), b.version
+                except RankerError as e:
+                    with lock:
+                        errors.append(f"{e.code.name}: {e.details}")
+                    continue
+                with lock:
+                    ncalls[0] += 1
+                    seen.add(version)
+                    if not np.allclose(got, np.tile(want, got.size // M), atol=1e-4):
+                        mixed.append(f"{version}: {got[:2]}")
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(2, 2 + PUBLISHES):
+            w.publish(ad_ids, weights(n), world.features, users=(users, rows(n), world.features))
+            time.sleep(0.04)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+        w.close()
+    record("row06_by_id", publishes=PUBLISHES, calls=ncalls[0], errors=len(errors), mixed=len(mixed),
+           distinct_versions_served=len(seen))
+    assert not errors, errors[:5]
+    assert not mixed, mixed[:5]
+    assert ncalls[0] > 200
+    assert len(seen) >= PUBLISHES // 3, sorted(seen)
