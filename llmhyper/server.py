@@ -348,9 +348,14 @@ class RankerServicer(pb_grpc.RankerServicer):
                                        f"user table rows have {U.shape[1]} features but version {st.version} "
                                        f"expects F={st.F}")
                 return st, U
-            with self._sync_lock:
-                if self._state is None or self._state.version != current:
-                    self._poll_once()
+            try:
+                with self._sync_lock:
+                    if self._state is None or self._state.version != current:
+                        self._poll_once()
+            except Exception as e:  # serve nothing rather than a user row with other weights
+                log.exception("loading %s for a by-id request failed; still serving %s", current, st.version)
+                raise RequestError(_SC.UNAVAILABLE, f"version {current} was just published but could not be "
+                                                    f"loaded ({type(e).__name__}); retry") from None
             st = self._state_for("")
         raise RequestError(_SC.UNAVAILABLE, f"the weight version changed {_SYNC_ATTEMPTS} times while this "
                                             "request read its users; retry")
