@@ -13,10 +13,8 @@ answer is cached on disk before it is used, so a killed job resumes without repe
 from __future__ import annotations
 
 import math
-import random
 import re
 import sys
-import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -26,9 +24,10 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
-from offline.llm.base import FatalLLMError, LLMBackend, QuotaExhausted, RetryableLLMError
-from offline.llm_cache import AnswerCache, ad_content_hash, answer_key
-from offline.parse import ParsedAnswer, ParseError, parse_weights
+from offline.llm.base import LLMBackend
+from offline.llm.retrying import CallFailed, RetryingLLM, new_cost
+from offline.llm_cache import ad_content_hash, answer_key
+from offline.parse import ParsedAnswer, parse_weights
 from offline.prompts import PROMPT_VERSION, PromptConfig, build_prompt, feature_batches, scan_ad_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -201,20 +200,7 @@ class KNNGenerator:
 # ----------------------------------------------------------------------------------- LLM
 
 
-def _new_cost() -> dict:
-    return {
-        "calls": 0, "retries": 0, "invalid": 0, "cache_hits": 0, "input_tokens": 0,
-        "output_tokens": 0, "llm_seconds": 0.0, "backoff_seconds": 0.0, "errors": {},
-    }
-
-
-class _SampleFailed(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class LLMGenerator:
+class LLMGenerator(RetryingLLM):
     """Weights from an LLM backend, one feature batch at a time, ``n_samples`` answers averaged.
 
     backend: an :class:`~offline.llm.base.LLMBackend`. batch_size: features per request (paper
@@ -255,12 +241,7 @@ class LLMGenerator:
     ) -> None:
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if backoff_base < 0 or backoff_cap < 0:
-            raise ValueError("backoff_base and backoff_cap must be >= 0")
+        super().__init__(backend, cache_dir, max_retries, backoff_base, backoff_cap, max_concurrency, sleep)
         if bias_mode not in ("neighbours", "llm"):
             raise ValueError(f"bias_mode must be 'neighbours' or 'llm', got {bias_mode!r}")
         if on_failure not in ("exclude", "knn"):
@@ -268,25 +249,16 @@ class LLMGenerator:
         if min_samples is not None and not (1 <= min_samples <= n_samples):
             raise ValueError(f"min_samples must be in 1..n_samples, got {min_samples}")
         feature_batches(1, batch_size)  # validates batch_size
-        self.backend = backend
         self.n_samples = int(n_samples)
         self.batch_size = int(batch_size)
         self.prompt_config = PromptConfig(shots=shots, use_caption=use_caption, reasoning=reasoning, bound=bound)
         self.bound = float(bound)
-        self.cache = AnswerCache(cache_dir)
-        self.max_retries = int(max_retries)
-        self.backoff_base, self.backoff_cap = float(backoff_base), float(backoff_cap)
-        self.max_concurrency = int(max_concurrency)
         self.seed = int(seed)
         self.bias_mode = bias_mode
         self.on_failure = on_failure
         self.min_samples = int(min_samples or n_samples)
         self.knn = knn or KNNGenerator()
-        self.sleep = sleep
         self.name = f"llm:{backend.name}:{backend.model}"
-        self._sem = threading.BoundedSemaphore(self.max_concurrency)
-        self._stop: BaseException | None = None
-        self._stop_lock = threading.Lock()
 
     def config(self) -> dict:
         """Settings that shaped the weights, for the manifest."""
@@ -300,91 +272,14 @@ class LLMGenerator:
             "seed": self.seed, "max_retries": self.max_retries, "knn": self.knn.config(),
         }
 
-    # ------------------------------------------------------------------ job-level stop
-
-    def stop(self, exc: BaseException) -> None:
-        """Make every later call raise ``exc`` (quota spent, auth failure, interrupt)."""
-        with self._stop_lock:
-            if self._stop is None:
-                self._stop = exc
-
-    def reset_stop(self) -> None:
-        """Clear a stop so the generator can be used again (e.g. the next day)."""
-        with self._stop_lock:
-            self._stop = None
-
-    def _check_stop(self) -> None:
-        if self._stop is not None:
-            raise self._stop
-
     # ------------------------------------------------------------------- one sample
-
-    def backoff_delay(self, key: str, attempt: int, retry_after: float | None = None) -> float:
-        """Full-jitter delay before retry ``attempt`` (0-based), deterministic per (key, attempt)."""
-        ceiling = min(self.backoff_cap, self.backoff_base * (2.0 ** attempt))
-        d = random.Random(f"{key}:{attempt}").uniform(0.0, ceiling)
-        if retry_after is not None:
-            d = max(d, min(float(retry_after), self.backoff_cap))
-        return d
-
     def _parse(self, text: str, keys: Sequence[str]) -> ParsedAnswer:
         return parse_weights(text, keys, bound=self.bound, reasoning=self.prompt_config.reasoning)
 
     def _sample(self, prompt, key: str, seed: int, meta: dict, cost: dict) -> ParsedAnswer:
-        """One validated answer: from the cache, or from the backend with retries."""
-        rec = self.cache.get(key)
-        if rec is not None:
-            try:
-                ans = self._parse(rec["text"], prompt.keys)
-                cost["cache_hits"] += 1
-                return ans
-            except (ParseError, KeyError, TypeError):
-                pass  # stale entry (e.g. a tighter bound now): ask again and overwrite it
-        last = "no attempt"
-        for attempt in range(self.max_retries + 1):
-            self._check_stop()
-            retry_after = None
-            try:
-                with self._sem:
-                    self._check_stop()
-                    cost["calls"] += 1
-                    reply = self.backend.complete(prompt.system, prompt.user, prompt.schema, seed=seed)
-                cost["input_tokens"] += reply.input_tokens
-                cost["output_tokens"] += reply.output_tokens
-                cost["llm_seconds"] += reply.seconds
-                ans = self._parse(reply.text, prompt.keys)
-            except QuotaExhausted as e:
-                self.stop(e)
-                raise
-            except FatalLLMError as e:
-                if e.stops_job:
-                    self.stop(e)
-                    raise
-                self._count(cost, f"fatal_{e.status}")
-                raise _SampleFailed(f"fatal LLM error: {e}") from e
-            except RetryableLLMError as e:
-                last = f"transient LLM error: {e}"
-                retry_after = e.retry_after
-                self._count(cost, f"http_{e.status}" if e.status else "transport")
-            except ParseError as e:
-                last = f"invalid answer ({e})"
-                cost["invalid"] += 1
-                self._count(cost, f"parse_{e.reason}")
-            else:
-                self.cache.put(key, {**meta, "text": reply.text, "weights": ans.weights,
-                                     "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
-                                     "seconds": reply.seconds, "created_at": time.time()})
-                return ans
-            if attempt < self.max_retries:
-                cost["retries"] += 1
-                d = self.backoff_delay(key, attempt, retry_after)
-                cost["backoff_seconds"] += d
-                self.sleep(d)
-        raise _SampleFailed(f"gave up after {self.max_retries + 1} attempts; last: {last}")
-
-    @staticmethod
-    def _count(cost: dict, reason: str) -> None:
-        cost["errors"][reason] = cost["errors"].get(reason, 0) + 1
+        """One validated answer for a feature batch (cache, else backend with retries)."""
+        return self.ask(prompt.system, prompt.user, prompt.schema, lambda text: self._parse(text, prompt.keys),
+                        key, seed, meta, cost, record=lambda ans: {"weights": ans.weights})
 
     # ----------------------------------------------------------------------- one ad
 
@@ -397,7 +292,7 @@ class LLMGenerator:
             raise ValueError(f"features[0] must be the intercept 'bias', got {feats[0][0]!r}")
         check_neighbours(ad, neighbours, F, allow_empty=True)  # zero-shot prompts need none
         flags = scan_ad_text(ad)
-        cost = _new_cost()
+        cost = new_cost()
         findex = {n: i for i, (n, _) in enumerate(feats)}
         knn = self.knn.generate(ad, neighbours, feats) if neighbours else None
         cols = list(range(1, F)) if self.bias_mode == "neighbours" else list(range(F))
@@ -429,7 +324,7 @@ class LLMGenerator:
                         "neighbour_ids": nb_ids}
                 try:
                     ans = self._sample(prompt, key, self.seed + s, meta, cost)
-                except _SampleFailed as e:
+                except CallFailed as e:
                     last_reason = e.reason
                     if n - (s + 1) + accepted < self.min_samples:
                         break  # cannot reach min_samples any more
