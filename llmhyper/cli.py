@@ -515,8 +515,9 @@ def _publish(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- entry point
 def _register_offline_commands() -> None:
-    """Register build/demo/evaluate (their modules import offline code only when they run)."""
+    """Register build/demo/evaluate/robustness (their modules import offline code only when they run)."""
     import llmhyper.build_cmds  # noqa: F401
+    import llmhyper.robustness_cmd  # noqa: F401
     from llmhyper import evaluate_cmd
 
     if "evaluate" not in COMMANDS:

@@ -484,6 +484,16 @@ class ContentKNNGenerator:
         if best == "drift off":
             self.cfg.drift = self.cfg.ctr_drift = False
 
+    def register_embedding(self, ad_id: str, emb: np.ndarray) -> None:
+        """Make the content embedding f[d] of an ad the generator was not fitted with known (e.g.
+        a rewritten ad in the counterfactual study), so its intercept uses its own content."""
+        if not self._fitted:
+            raise ValueError("ContentKNNGenerator.fit(prepared) must run before register_embedding")
+        e = np.asarray(emb, dtype=np.float64).ravel()
+        if not np.all(np.isfinite(e)):
+            raise ValueError(f"embedding of {ad_id!r} is not finite")
+        self.emb_by_id = {**self.emb_by_id, ad_id: e}
+
     def predict_logit_ctr(self, emb: np.ndarray, launched_at: float, ad: Any | None = None) -> float:
         """The content model's log-odds CTR for one ad (embedding f[d], launch time unix s; ``ad``
         supplies category and stated year when the generator was fitted with retired ads)."""

@@ -280,6 +280,26 @@ def prepare(ds: Dataset, cfg: BuildConfig, quiet: bool = True) -> Prepared:
 
 
 # -- stage 4: generation ---------------------------------------------------------------------------
+BACKEND_KEYS = frozenset({"model", "base_url", "api_key", "temperature", "timeout_s", "max_output_tokens",
+                          "max_tokens", "api_key_env", "response_format"})
+
+
+def make_backend(kind: str, options: dict[str, Any]):
+    """An LLM backend: ``kind`` "gemini" or "openai"; ``options`` among :data:`BACKEND_KEYS`."""
+    unknown = sorted(set(options) - BACKEND_KEYS)
+    if unknown:
+        raise ValueError(f"unknown LLM backend option(s) {unknown}; known: {sorted(BACKEND_KEYS)}")
+    if kind == "gemini":
+        from offline.llm.gemini import GeminiBackend
+
+        return GeminiBackend(**options)
+    if kind == "openai":
+        from offline.llm.openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend(**options)
+    raise ValueError(f"LLM backend must be 'gemini' or 'openai', got {kind!r}")
+
+
 def make_generator(cfg: BuildConfig):
     """The configured weight generator (kNN, or an LLM generator over the configured backend)."""
     from offline import generate
@@ -291,17 +311,7 @@ def make_generator(cfg: BuildConfig):
         return ContentKNNGenerator(**opts)
     if cfg.generator == "knn-raw":
         return generate.KNNGenerator(**opts)
-    backend_keys = {"model", "base_url", "api_key", "temperature", "timeout_s", "max_output_tokens",
-                    "max_tokens", "api_key_env", "response_format"}
-    backend_opts = {k: opts.pop(k) for k in list(opts) if k in backend_keys}
-    if cfg.generator == "gemini":
-        from offline.llm.gemini import GeminiBackend
-
-        backend = GeminiBackend(**backend_opts)
-    else:
-        from offline.llm.openai_compat import OpenAICompatBackend
-
-        backend = OpenAICompatBackend(**backend_opts)
+    backend = make_backend(cfg.generator, {k: opts.pop(k) for k in list(opts) if k in BACKEND_KEYS})
     opts.setdefault("cache_dir", str(Path(cfg.work_dir) / "llm-cache"))
     opts.setdefault("use_caption", cfg.use_caption)
     opts.setdefault("seed", cfg.seed)

@@ -232,3 +232,21 @@ def test_auto_drift_turns_drift_off_where_weights_do_not_drift(tmp_path):
 
     auto, drift, raw = per_ad(gen), per_ad(forced), per_ad(KNNGenerator(k=10))
     assert auto > drift + 0.03 and auto >= raw - 0.005, (auto, drift, raw)
+
+
+def test_register_embedding_gives_a_new_ad_its_own_content_intercept():
+    world = _world(seed=3)
+    ads, emb, launched, ctr, theta, X, cutoff, nw = world
+    g = ContentKNNGenerator(intercept="content")
+    with pytest.raises(ValueError, match="must run before register_embedding"):
+        g.register_embedding("x", emb[0])
+    g = _fitted(world, intercept="content")
+    nbs = _neighbours(nw, emb, ads, theta, ctr, nw)
+    new = Ad("rewritten", ads[nw].title, category=ads[nw].category, launched_at=ads[nw].launched_at)
+    fallback = g.intercept_logit(new, nbs)  # unknown id: the neighbours' CTR path
+    g.register_embedding("rewritten", -emb[nw])
+    own = g.intercept_logit(new, nbs)
+    assert own != pytest.approx(fallback)
+    assert own == pytest.approx(g.predict_logit_ctr(-emb[nw], new.launched_at, new))
+    with pytest.raises(ValueError, match="not finite"):
+        g.register_embedding("bad", np.full(emb.shape[1], np.nan))

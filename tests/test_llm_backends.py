@@ -167,3 +167,12 @@ def test_make_backend(server):
         make_backend("claude", "m")
     with pytest.raises(ValueError, match="base_url"):
         make_backend("openai", "m")
+
+
+def test_make_backend_names_unknown_options_and_kinds():
+    from offline.pipeline import make_backend
+
+    with pytest.raises(ValueError, match=r"unknown LLM backend option\(s\) \['temprature'\]"):
+        make_backend("openai", {"base_url": "http://127.0.0.1:1/v1", "model": "m", "temprature": 0.2})
+    with pytest.raises(ValueError, match="must be 'gemini' or 'openai'"):
+        make_backend("claude", {})

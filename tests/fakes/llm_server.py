@@ -4,7 +4,8 @@ Routes (127.0.0.1, free port):
   POST /v1beta/models/{model}:generateContent   (Gemini; the real google-genai client talks to it)
   POST /v1/chat/completions                     (OpenAI-compatible; httpx talks to it)
 
-Valid answers follow a simple deterministic rule computed from the prompt, so results are
+Ad-rewrite prompts (a ``rewrite_request`` data block) get :func:`rule_rewrite`'s answer.
+Weight prompts get answers that follow a simple deterministic rule, so results are
 checkable: for each feature of the batch (read from the prompt's ``features`` data block) the
 weight is the similarity-weighted mean of the reference ads' weights for it (read from the
 ``reference_ad_N`` blocks), or ``0.01 * (position + 1)`` with no references; plus
@@ -59,6 +60,24 @@ def rule_weights(user_prompt: str, seed: int | None = None, jitter: float = 0.0)
             w = 0.01 * (i + 1)
         out[name] = round(max(-9.0, min(9.0, w + off)), 6)
     return out
+
+
+def rule_rewrite(user_prompt: str) -> dict[str, str]:
+    """The server's deterministic answer to an ad-rewrite prompt (a ``rewrite_request`` block):
+    the target term is the last ``_`` part of the feature name; enhanced appends a sentence
+    about it, diminished drops it from the summary, neutralized keeps only the first sentence."""
+    blocks = {m.group(1): json.loads(m.group(2)) for m in _BLOCK.finditer(user_prompt)}
+    ad, kind = blocks["ad"], blocks["rewrite_request"]["kind"]
+    term = str(blocks["target_feature"]["name"]).rsplit("_", 1)[-1]
+    summary = str(ad.get("summary", ""))
+    if kind == "enhanced":
+        new = f"{summary} Above all a {term} story."
+    elif kind == "diminished":
+        new = re.sub(re.escape(term), "", summary, flags=re.IGNORECASE).replace(", ,", ",").strip()
+    else:
+        new = summary.split(".")[0] + "."
+    return {"modified_title": str(ad.get("title", "")), "modified_summary": new,
+            "modification_explanation": f"{kind} edit around {term}"}
 
 
 def _render(weights: dict[str, float], reasoning: bool, behaviour: str) -> str:
@@ -312,10 +331,12 @@ class FakeLLMServer:
             return self._send_error(h, route, behaviour)
         reasoning = "ad_analysis" in json.dumps(schema) or '"ad_analysis"' in user
         try:
-            weights = rule_weights(user, seed, self.jitter)
+            if "<<<DATA rewrite_request>>>" in user:
+                text = _render(rule_rewrite(user), False, behaviour)
+            else:
+                text = _render(rule_weights(user, seed, self.jitter), reasoning, behaviour)
         except (KeyError, ValueError, TypeError) as e:
             return self._send(h, 400, {"error": {"code": 400, "message": f"cannot read prompt: {e}", "status": "INVALID_ARGUMENT"}})
-        text = _render(weights, reasoning, behaviour)
         if behaviour in _OK:
             with self._lock:
                 self.ok_count += 1

@@ -1,0 +1,92 @@
+"""``llmhyper robustness``: the counterfactual robustness study (offline/counterfactual.py).
+
+Imports offline code inside the handler only, like build and evaluate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from llmhyper.cli import CLIError, RuntimeFailure, command
+
+KINDS = ("enhanced", "diminished", "neutralized")
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    out = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in out if t not in KINDS]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"kinds must be a comma-separated subset of {','.join(KINDS)}, got {text!r}")
+    return out
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="movielens-100k",
+                   help="dataset layout directory, movielens-100k[:PATH] or synthetic[:SEED] (default movielens-100k)")
+    p.add_argument("--generator", choices=("knn", "knn-raw", "gemini", "openai"), default="knn",
+                   help="weight generator under test (default knn, the offline default)")
+    p.add_argument("--rewriter", choices=("rules", "gemini", "openai"), default="rules",
+                   help="who rewrites the ads: deterministic genre rules (default) or an LLM backend")
+    p.add_argument("--model", default=None, help="LLM model name (LLM generator and/or rewriter)")
+    p.add_argument("--base-url", default=None, help="LLM endpoint (openai-compatible, or a Gemini REST proxy)")
+    p.add_argument("--kinds", type=_kinds, default=KINDS, help="rewrites to run (default enhanced,diminished,neutralized)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N cold ads with a target feature")
+    p.add_argument("-k", type=int, default=20, help="neighbours retrieved per ad (default 20)")
+    p.add_argument("--work-dir", default=".llmhyper-work", help="caches (warm weights, embeddings, LLM answers)")
+    p.add_argument("--out", default="robustness-report", help="report directory (robustness.md, robustness.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+@command("robustness", "counterfactual robustness study: rewrite cold ads, check the weights move as meant", _args)
+def _robustness(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    if args.k < 1:
+        raise CLIError(f"-k must be >= 1, got {args.k}")
+    for role, kind in (("--generator", args.generator), ("--rewriter", args.rewriter)):
+        if kind == "openai" and not args.base_url:
+            raise CLIError(f"{role} openai needs --base-url")
+    from pathlib import Path
+
+    from offline import counterfactual as cf
+    from offline import pipeline
+
+    backend_opts: dict[str, Any] = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
+    try:
+        cfg = pipeline.BuildConfig(dataset=args.dataset, generator=args.generator, k=args.k, work_dir=args.work_dir,
+                                   generator_options=dict(backend_opts) if args.generator in ("gemini", "openai") else {})
+        cfg.validate()
+        ds = pipeline.load_source(cfg.dataset)
+    except FileNotFoundError as e:
+        raise CLIError(f"dataset not found: {e}") from None
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    try:
+        prep = pipeline.prepare(ds, cfg, quiet=args.quiet)
+        gen = pipeline.make_generator(cfg)
+        if hasattr(gen, "fit"):
+            gen.fit(prep)
+        if args.rewriter == "rules":
+            rewriter: Any = cf.GenreRewriter().fit([ds.ads[i] for i in prep.split.warm])
+        else:
+            rewriter = cf.LLMRewriter(pipeline.make_backend(args.rewriter, backend_opts),
+                                      cache_dir=Path(args.work_dir) / "llm-cache")
+        embedder = pipeline.make_embedder(cfg.embedder, cfg.work_dir, cfg.use_caption)
+        result = cf.run_study(prep, gen, rewriter, embedder, k=args.k, kinds=args.kinds, limit=args.limit,
+                              progress=not args.quiet)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    except Exception as e:  # a stage failed (LLM quota or auth, I/O): not the caller's input
+        raise RuntimeFailure(f"robustness study failed: {type(e).__name__}: {e}") from None
+    files = cf.write_report(result, ds.name, args.out)
+    if args.json:
+        print(json.dumps({"summary": result["summary"], "n_ads": result["n_ads"],
+                          "skipped": len(result["skipped"]), "files": files}, indent=1, default=str))
+    else:
+        print(Path(files[0]).read_text())
+        print("wrote " + ", ".join(files), file=sys.stderr if args.quiet else sys.stdout)
+    return 0
