@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from llmhyper.cli import CLIError, RuntimeFailure, command
@@ -47,19 +46,29 @@ def _robustness(args: argparse.Namespace) -> int:
         raise CLIError(f"--limit must be >= 1, got {args.limit}")
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
+    uses_llm = args.generator in ("gemini", "openai") or args.rewriter in ("gemini", "openai")
+    if (args.model or args.base_url) and not uses_llm:
+        raise CLIError("--model / --base-url apply to an LLM generator or rewriter; neither is used here")
     for role, kind in (("--generator", args.generator), ("--rewriter", args.rewriter)):
         if kind == "openai" and not args.base_url:
             raise CLIError(f"{role} openai needs --base-url")
     from pathlib import Path
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {args.out} exists and is not a directory")
     from offline import counterfactual as cf
     from offline import pipeline
 
     backend_opts: dict[str, Any] = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
-    try:
+    try:  # everything that can reject the arguments, before any training or caching
         cfg = pipeline.BuildConfig(dataset=args.dataset, generator=args.generator, k=args.k, work_dir=args.work_dir,
                                    generator_options=dict(backend_opts) if args.generator in ("gemini", "openai") else {})
         cfg.validate()
+        gen = pipeline.make_generator(cfg)
+        rewriter: Any = (cf.GenreRewriter() if args.rewriter == "rules" else
+                         cf.LLMRewriter(pipeline.make_backend(args.rewriter, backend_opts),
+                                        cache_dir=Path(args.work_dir) / "llm-cache"))
         ds = pipeline.load_source(cfg.dataset)
     except FileNotFoundError as e:
         raise CLIError(f"dataset not found: {e}") from None
@@ -67,20 +76,16 @@ def _robustness(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     try:
         prep = pipeline.prepare(ds, cfg, quiet=args.quiet)
-        gen = pipeline.make_generator(cfg)
         if hasattr(gen, "fit"):
             gen.fit(prep)
-        if args.rewriter == "rules":
-            rewriter: Any = cf.GenreRewriter().fit([ds.ads[i] for i in prep.split.warm])
-        else:
-            rewriter = cf.LLMRewriter(pipeline.make_backend(args.rewriter, backend_opts),
-                                      cache_dir=Path(args.work_dir) / "llm-cache")
+        if isinstance(rewriter, cf.GenreRewriter):
+            rewriter.fit([ds.ads[i] for i in prep.split.warm])
         embedder = pipeline.make_embedder(cfg.embedder, cfg.work_dir, cfg.use_caption)
         result = cf.run_study(prep, gen, rewriter, embedder, k=args.k, kinds=args.kinds, limit=args.limit,
                               progress=not args.quiet)
-    except ValueError as e:
+    except cf.StudyInputError as e:
         raise CLIError(str(e)) from None
-    except Exception as e:  # a stage failed (LLM quota or auth, I/O): not the caller's input
+    except Exception as e:  # a stage failed (LLM quota or auth, I/O, every case failed): not the caller's input
         raise RuntimeFailure(f"robustness study failed: {type(e).__name__}: {e}") from None
     files = cf.write_report(result, ds.name, args.out)
     if args.json:
@@ -88,5 +93,5 @@ def _robustness(args: argparse.Namespace) -> int:
                           "skipped": len(result["skipped"]), "files": files}, indent=1, default=str))
     else:
         print(Path(files[0]).read_text())
-        print("wrote " + ", ".join(files), file=sys.stderr if args.quiet else sys.stdout)
+        print("wrote " + ", ".join(files))
     return 0

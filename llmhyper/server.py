@@ -105,17 +105,15 @@ class ServingState:
         ad_ids: tuple of M ad ids in row order; ad_index: ad id -> row.
         feature_names: tuple of F names; feature_index: name -> column.
         map_default: float32 [F] starting vector for name->value requests (bias 1, rest 0).
-        user_problem: None when the store's user table matches this version's schema,
-            else a message explaining why user ids cannot be scored against it.
     """
 
     __slots__ = (
         "view", "version", "theta", "M", "F", "ad_ids", "ad_index", "feature_names",
-        "feature_index", "features", "map_default", "user_problem", "pb_features",
+        "feature_index", "features", "map_default", "pb_features",
         "manifest_json", "created_at",
     )
 
-    def __init__(self, view: Any, user_features: Sequence[tuple[str, str]] | None) -> None:
+    def __init__(self, view: Any) -> None:
         theta = view.theta
         if not (isinstance(theta, np.ndarray) and theta.dtype == _F32 and theta.ndim == 2 and theta.flags.c_contiguous):
             raise StoreError(f"version {view.version}: theta must be C-contiguous float32 [M, F]")
@@ -137,9 +135,10 @@ class ServingState:
         self.pb_features = tuple(pb.Feature(name=n, description=d) for n, d in self.features)
         self.manifest_json = json.dumps(view.manifest, sort_keys=True, default=str)
         self.created_at = float(getattr(view, "created_at", 0.0) or 0.0)
-        self.user_problem = self._check_users(user_features)
 
-    def _check_users(self, user_features: Sequence[tuple[str, str]] | None) -> str | None:
+    def users_problem(self, user_features: Sequence[tuple[str, str]] | None) -> str | None:
+        """None when a user table with this schema can be scored by this version (or there is
+        no table), else the FAILED_PRECONDITION message."""
         if user_features is None:
             return None  # no table: every user id is simply unknown (NOT_FOUND)
         names = tuple(n for n, _ in user_features)
@@ -166,7 +165,6 @@ class RankerServicer(pb_grpc.RankerServicer):
         self._ready = False
         self._pinned: "collections.OrderedDict[str, ServingState]" = collections.OrderedDict()
         self._pinned_lock = threading.Lock()
-        self._user_features: tuple[tuple[str, str], ...] | None = None
         self._n_users = 0
         self._lock = threading.Lock()
         self._requests = 0
@@ -178,6 +176,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         self._poller: threading.Thread | None = None
         self._poller_lock = threading.Lock()
         self._sync_lock = threading.Lock()  # one _poll_once at a time (poller or a request)
+        self._failed_load: tuple[str, float] | None = None  # (version, monotonic time) of a failed by-id sync
         self._delay = float(config.debug_handler_delay_s)
         self._max_k = int(config.max_top_k)
 
@@ -243,28 +242,19 @@ class RankerServicer(pb_grpc.RankerServicer):
             self._health.set("", status)
             self._health.set(SERVICE_NAME, status)
 
-    def _refresh_users(self) -> bool:
-        """Re-read the user table's schema; True when it changed."""
-        uf = self._store.user_features()
-        uf = tuple((str(n), str(d)) for n, d in uf) if uf is not None else None
-        n = int(self._store.n_users())
-        changed = uf != self._user_features
-        self._user_features = uf
-        self._n_users = n
-        return changed
+    def _refresh_users(self) -> None:
+        """Take the user table's size (for messages and ModelInfo)."""
+        self._n_users = int(self._store.n_users())
 
     def _poll_once(self) -> None:
-        users_changed = self._refresh_users()
-        current = self._store.current_version()
+        current, _, n_users = self._store.schema_snapshot()
+        self._n_users = n_users
         st = self._state
         if current is None:
             return
-        if st is None or st.version != current or users_changed:
-            new = ServingState(self._store.view(current), self._user_features)
+        if st is None or st.version != current:
+            new = ServingState(self._store.view(current))
             self._state = new  # single reference assignment: requests see old or new, never a mix
-            if users_changed:
-                with self._pinned_lock:
-                    self._pinned.clear()
             if st is not None and st.version != new.version:
                 with self._lock:
                     self._swaps += 1
@@ -313,7 +303,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         except VersionNotFound:
             raise _not_found(f"unknown version {_short(version)}; the store holds: "
                              f"{_preview([v['version'] for v in self._store.list_versions()][::-1], 8)}") from None
-        pinned = ServingState(view, self._user_features)
+        pinned = ServingState(view)
         with self._pinned_lock:
             self._pinned[version] = pinned
             while len(self._pinned) > self._config.pinned_versions_cached:
@@ -329,36 +319,44 @@ class RankerServicer(pb_grpc.RankerServicer):
     def _users_by_id(self, st: ServingState, live: bool, user_ids: Sequence[str]) -> tuple[ServingState, np.ndarray]:
         """(state, float32 [B, F]) for rows of the store's user table.
 
-        The rows and the store's current version are read in one transaction. When the request
-        is for the live version and that read shows a newer publish than ``st``, the server
-        swaps to it first (instead of waiting up to one poll), so a user row is never scored
-        with weights from a different publish. A pinned version is scored with the user table
-        as it is now."""
+        The rows, the table's schema and the store's current version are read in one
+        transaction. When the request is for the live version and that read shows a newer
+        publish than ``st``, the server swaps to it first (instead of waiting up to one poll),
+        so a user row is never scored with weights from a different publish. The schema is
+        checked against the version actually used, on every request. A pinned version is scored
+        with the user table as it is now."""
         for _ in range(_SYNC_ATTEMPTS):
-            if st.user_problem is not None:
-                raise RequestError(_SC.FAILED_PRECONDITION, st.user_problem)
             try:
-                current, U = self._store.users_snapshot(user_ids)
+                snap = self._store.users_snapshot(user_ids)
             except UserNotFound as e:
                 raise _not_found(f"unknown user_id {_short(str(e.user_id))} (the store's user table has "
-                                 f"{self._n_users} users)") from None
-            if not live or current is None or current == st.version:
-                if U.shape[1] != st.F:
-                    raise RequestError(_SC.FAILED_PRECONDITION,
-                                       f"user table rows have {U.shape[1]} features but version {st.version} "
-                                       f"expects F={st.F}")
-                return st, U
-            try:
-                with self._sync_lock:
-                    if self._state is None or self._state.version != current:
-                        self._poll_once()
-            except Exception as e:  # serve nothing rather than a user row with other weights
-                log.exception("loading %s for a by-id request failed; still serving %s", current, st.version)
-                raise RequestError(_SC.UNAVAILABLE, f"version {current} was just published but could not be "
-                                                    f"loaded ({type(e).__name__}); retry") from None
-            st = self._state_for("")
+                                 f"{self._store.n_users()} users)") from None
+            if live and snap.version is not None and snap.version != st.version:
+                st = self._sync_to(snap.version, st)
+                continue
+            problem = st.users_problem(snap.features)
+            if problem is not None:
+                raise RequestError(_SC.FAILED_PRECONDITION, problem)
+            return st, snap.X
         raise RequestError(_SC.UNAVAILABLE, f"the weight version changed {_SYNC_ATTEMPTS} times while this "
                                             "request read its users; retry")
+
+    def _sync_to(self, version: str, st: ServingState) -> ServingState:
+        """Load the just-published ``version`` now (a by-id request saw it before the poller).
+        A version that failed to load is not retried by requests for one poll interval."""
+        failed = self._failed_load
+        if failed is not None and failed[0] == version and time.monotonic() - failed[1] < self._config.poll_interval_s:
+            raise RequestError(_SC.UNAVAILABLE, f"version {version} was just published but could not be loaded; retry")
+        try:
+            with self._sync_lock:
+                if self._state is None or self._state.version != version:
+                    self._poll_once()
+        except Exception as e:  # serve nothing rather than a user row with other weights
+            self._failed_load = (version, time.monotonic())
+            log.exception("loading %s for a by-id request failed; still serving %s", version, st.version)
+            raise RequestError(_SC.UNAVAILABLE, f"version {version} was just published but could not be "
+                                                f"loaded ({type(e).__name__}); retry") from None
+        return self._state_for("")
 
     def _user_vector(self, st: ServingState, live: bool, user_id: str, dense: Sequence[float],
                      fmap: Mapping[str, float]) -> tuple[ServingState, np.ndarray]:
@@ -460,17 +458,20 @@ class RankerServicer(pb_grpc.RankerServicer):
     def RankBatch(self, request: pb.RankBatchRequest, context: grpc.ServicerContext) -> pb.RankBatchResponse:
         st = self._state_for(request.version)
         user_ids = request.user_ids
+        raw = request.features
+        k = self._check_k(request.top_k)
+        if not raw and not user_ids:
+            raise _invalid("no users given: set features (packed float32 [B, F]) and/or user_ids")
+        if len(user_ids) > self._config.max_batch_users:
+            raise _invalid(f"batch has {len(user_ids)} user ids, more than the limit of {self._config.max_batch_users}")
+        if request.num_features and request.num_features != st.F and not user_ids:
+            raise _invalid(f"num_features is {request.num_features} but version {st.version} has F={st.F} features")
         U = None
         if user_ids:
-            if len(user_ids) > self._config.max_batch_users:
-                raise _invalid(f"batch has {len(user_ids)} user ids, more than the limit of "
-                               f"{self._config.max_batch_users}")
             st, U = self._users_by_id(st, self._is_live(request.version), user_ids)
         F = st.F
         if request.num_features and request.num_features != F:
             raise _invalid(f"num_features is {request.num_features} but version {st.version} has F={F} features")
-        k = self._check_k(request.top_k)
-        raw = request.features
         if len(raw) % (4 * F):
             raise _invalid(f"features has {len(raw)} bytes, not a multiple of 4*F = {4 * F} "
                            f"(float32 little-endian rows of F={F} for version {st.version})")

@@ -76,6 +76,7 @@ __all__ = [
     "PublishError",
     "StoreError",
     "UserNotFound",
+    "UsersSnapshot",
     "VersionNotFound",
     "VersionView",
     "WeightStore",
@@ -411,6 +412,18 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+@dataclass(frozen=True)
+class UsersSnapshot:
+    """What :meth:`WeightStore.users_snapshot` read in one transaction: the current version id
+    (None for an empty store), the user table's (name, description) schema (None without a
+    table), its number of users, and the requested rows X float32 [B, F_user]."""
+
+    version: str | None
+    features: tuple[tuple[str, str], ...] | None
+    n_users: int
+    X: np.ndarray
 
 
 class WeightStore:
@@ -781,10 +794,10 @@ class WeightStore:
         feats_b, rows = e.read(get)
         return self._rows_to_matrix(ids, feats_b, rows)
 
-    def users_snapshot(self, user_ids: Sequence[str]) -> tuple[str | None, np.ndarray]:
-        """The store's current version id and the features of ``user_ids``, float32 [B, F_user],
-        read in ONE transaction: a publish that replaces weights and user table together is
-        seen whole or not at all, so the pair always comes from the same publish.
+    def users_snapshot(self, user_ids: Sequence[str]) -> UsersSnapshot:
+        """The store's current version, the user table's schema and size, and the features of
+        ``user_ids`` float32 [B, F_user], read in ONE transaction: a publish that replaces weights
+        and user table together is seen whole or not at all.
 
         Raises UserNotFound naming the first unknown id.
         """
@@ -792,12 +805,23 @@ class WeightStore:
         users, meta = e.dbs["users"], e.dbs["meta"]
         ids = list(user_ids)
 
-        def get(txn: lmdb.Transaction) -> tuple[bytes | None, bytes | None, list[bytes | None]]:
-            return (txn.get(b"current", db=meta), txn.get(b"user_features", db=meta),
+        def get(txn: lmdb.Transaction) -> tuple[bytes | None, bytes | None, bytes | None, list[bytes | None]]:
+            return (txn.get(b"current", db=meta), txn.get(b"user_features", db=meta), txn.get(b"n_users", db=meta),
                     [txn.get(u.encode(), db=users) if isinstance(u, str) and u else None for u in ids])
 
-        cur, feats_b, rows = e.read(get)
-        return (None if cur is None else cur.decode()), self._rows_to_matrix(ids, feats_b, rows)
+        cur, feats_b, n_b, rows = e.read(get)
+        features = None if feats_b is None else tuple((str(n), str(d)) for n, d in json.loads(feats_b))
+        return UsersSnapshot(version=None if cur is None else cur.decode(), features=features,
+                             n_users=0 if n_b is None else int(n_b), X=self._rows_to_matrix(ids, feats_b, rows))
+
+    def schema_snapshot(self) -> tuple[str | None, tuple[tuple[str, str], ...] | None, int]:
+        """(current version, user table schema or None, number of users), read in one transaction."""
+        e = self._env()
+        meta = e.dbs["meta"]
+        cur, feats_b, n_b = e.read(lambda txn: (txn.get(b"current", db=meta), txn.get(b"user_features", db=meta),
+                                                txn.get(b"n_users", db=meta)))
+        features = None if feats_b is None else tuple((str(n), str(d)) for n, d in json.loads(feats_b))
+        return (None if cur is None else cur.decode()), features, (0 if n_b is None else int(n_b))
 
     @staticmethod
     def _rows_to_matrix(ids: list[str], feats_b: bytes | None, rows: list[bytes | None]) -> np.ndarray:

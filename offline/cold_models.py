@@ -335,6 +335,31 @@ class ContentKNNConfig:
 INTERCEPTS = ("stacked", "neighbour_ctr", "content", "neighbours")
 
 
+_NUMERIC_OR_NONE = ("recency_scale_days", "user_ratio")
+
+
+def _check_option_type(key: str, value: Any, default: Any) -> None:
+    """Raise ValueError naming ``key`` when ``value`` has the wrong type for the option (a
+    string where a number is due, a number where a switch is due, ...)."""
+    if key == "stack_meta":
+        ok = isinstance(value, (bool, str))
+    elif key in _NUMERIC_OR_NONE:
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(default, int) and not isinstance(default, bool):
+            ok = float(value).is_integer()
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"ContentKNNGenerator option {key!r} must be like {default!r} "
+                         f"({type(default).__name__}), got {value!r}")
+
+
 class ContentKNNGenerator:
     """The improved deterministic cold-start generator (see the module docstring).
 
@@ -348,9 +373,14 @@ class ContentKNNGenerator:
 
     def __init__(self, config: ContentKNNConfig | None = None, **kwargs: Any) -> None:
         cfg = config or ContentKNNConfig()
+        defaults = ContentKNNConfig()
         for key, v in kwargs.items():
             if not hasattr(cfg, key):
                 raise ValueError(f"unknown ContentKNNGenerator option {key!r}")
+            default = getattr(defaults, key)
+            _check_option_type(key, v, default)
+            if isinstance(default, int) and not isinstance(default, bool):
+                v = int(v)  # 5.0 from JSON is the count 5
             setattr(cfg, key, v)
         cfg.validate()
         self.cfg = cfg

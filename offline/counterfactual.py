@@ -95,10 +95,11 @@ class GenreRewriter:
     """Deterministic rewrites of the ``Genres:`` clause of an ad's description (title kept).
 
     enhanced: the target genre alone, stated again in plain words; diminished: the target
-    replaced by its contrast genre, the genre least often listed together with it on the
-    retired ads (ties by name), so the swap is toward something the audience data treat as
-    different; neutralized: the clause removed. ``contrast`` maps genre -> contrast genre
-    (:meth:`fit` builds it)."""
+    replaced by its contrast genre (dropped if the contrast is already listed), the genre with
+    the lowest co-listing rate with it on the retired ads (ads listing both / ads listing the
+    other genre; ties by name), so the swap is toward something the catalog keeps apart;
+    neutralized: the clause removed. ``contrast`` maps genre -> contrast genre (:meth:`fit`
+    builds it)."""
 
     name = "genre-rules"
 
@@ -123,6 +124,10 @@ class GenreRewriter:
                 self.contrast[g] = min(others, key=lambda h: (pair.get((g, h), 0) / counts[h], h))
         return self
 
+    def supports(self, ad: "Ad", target: str) -> bool:
+        """True when the ad's description has a ``Genres:`` clause that lists ``target``."""
+        return target in listed_genres(ad.description or "")
+
     def rewrite(self, ad: "Ad", target: str, feature: tuple[str, str], kind: str) -> Rewrite:
         desc = ad.description or ""
         genres = listed_genres(desc)
@@ -137,7 +142,8 @@ class GenreRewriter:
             other = self.contrast.get(target)
             if other is None:
                 raise ValueError(f"no contrast genre known for {target!r} (fit the rewriter on the retired ads)")
-            new = f"{head} Genres: {', '.join(other if g == target else g for g in genres)}.".strip()
+            swapped = list(dict.fromkeys(other if g == target else g for g in genres))
+            new = f"{head} Genres: {', '.join(swapped)}.".strip()
             why = f"replaced {target} with its contrast genre {other}"
         elif kind == "neutralized":
             new = head or "A film."
@@ -249,6 +255,14 @@ class RewriteFailed(RuntimeError):
     """No valid rewrite could be obtained for one ad and kind (the study skips that case)."""
 
 
+class StudyInputError(ValueError):
+    """The study cannot run on this input (bad kinds or limit, no cold ad it can rewrite)."""
+
+
+class StudyFailed(RuntimeError):
+    """The study ran but produced no case (every rewrite or generation failed)."""
+
+
 # -------------------------------------------------------------------------------- the study
 def _target(ad: "Ad", features: Sequence[tuple[str, str]]) -> tuple[int, str] | None:
     """(feature index, term) of the ad's target feature, or None (see the module docstring)."""
@@ -260,12 +274,15 @@ def _target(ad: "Ad", features: Sequence[tuple[str, str]]) -> tuple[int, str] | 
     return t, ad.category
 
 
-def run_study(prep: "Prepared", generator: Any, rewriter: Rewriter, embedder: Any, k: int = 20,
+def run_study(prep: "Prepared", generator: Any, rewriter: Rewriter, embedder: Any, k: int | None = None,
               kinds: Sequence[str] = KINDS, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the study over the cold ads of ``prep`` (the first ``limit`` with a target feature).
 
     ``generator``: a fitted weight generator (``generate(ad, neighbours, features)``);
-    ``embedder``: embeds rewritten ads like the originals (``embed_ads``). Returns a JSON-ready
+    ``embedder``: embeds rewritten ads like the originals (``embed_ads``); ``k``: neighbours of a
+    rewritten ad (default: as many as the originals have). A rewriter with a ``supports(ad,
+    target)`` method is only given the ads it supports. Raises StudyInputError when nothing can
+    be studied, StudyFailed when every case failed. Returns a JSON-ready
     dict: per kind accuracy / n / mean weight change, the skipped cases with their reasons, and
     every case (ad, kind, target feature, texts, weights before and after)."""
     from offline.generate import Neighbour
@@ -274,18 +291,29 @@ def run_study(prep: "Prepared", generator: Any, rewriter: Rewriter, embedder: An
 
     bad = [kd for kd in kinds if kd not in KINDS]
     if bad or not kinds:
-        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {list(kinds)}")
+        raise StudyInputError(f"kinds must be a non-empty subset of {KINDS}, got {list(kinds)}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+        raise StudyInputError(f"limit must be >= 1, got {limit}")
+    k = int(prep.nbr.shape[1]) if k is None else int(k)
+    if k < 1:
+        raise StudyInputError(f"k must be >= 1, got {k}")
     ds, sp = prep.dataset, prep.split
     feats = list(ds.features)
     warm_ids = [ds.ad_ids[i] for i in sp.warm]
     index = NeighbourIndex(prep.emb[sp.warm], warm_ids)
     cold = [(c, ad, tgt) for c, ad in enumerate(prep.cold_ads) if (tgt := _target(ad, feats)) is not None]
+    if not cold:
+        raise StudyInputError("no cold ad has a target feature (a category whose name ends a feature name, "
+                              "e.g. category 'Drama' and feature 'genre_share_drama')")
+    supports = getattr(rewriter, "supports", None)
+    if supports is not None:
+        cold = [t for t in cold if supports(t[1], t[2][1])]
+        if not cold:
+            raise StudyInputError(f"rewriter {getattr(rewriter, 'name', rewriter)!r} cannot rewrite any cold ad "
+                                  "(the rules rewriter needs a 'Genres: a, b.' clause listing the ad's category; "
+                                  "use an LLM rewriter for other text)")
     if limit is not None:
         cold = cold[:limit]
-    if not cold:
-        raise ValueError("no cold ad has a target feature (a category whose name matches a feature suffix)")
     nbr_orig = neighbour_lists(prep, [c for c, _, _ in cold])
     cases: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -324,6 +352,9 @@ def run_study(prep: "Prepared", generator: Any, rewriter: Rewriter, embedder: An
                   f"{time.perf_counter() - t0:.0f}s", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
+    if not cases:
+        reasons = "; ".join(f"{x['ad_id']}/{x['kind']}: {x['reason']}" for x in skipped[:3])
+        raise StudyFailed(f"no case could be run ({len(skipped)} skipped), first: {reasons}")
     summary = {}
     for kind in kinds:
         rows = [r for r in cases if r["kind"] == kind]

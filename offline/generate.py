@@ -241,7 +241,6 @@ class LLMGenerator(RetryingLLM):
     ) -> None:
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        super().__init__(backend, cache_dir, max_retries, backoff_base, backoff_cap, max_concurrency, sleep)
         if bias_mode not in ("neighbours", "llm"):
             raise ValueError(f"bias_mode must be 'neighbours' or 'llm', got {bias_mode!r}")
         if on_failure not in ("exclude", "knn"):
@@ -249,9 +248,12 @@ class LLMGenerator(RetryingLLM):
         if min_samples is not None and not (1 <= min_samples <= n_samples):
             raise ValueError(f"min_samples must be in 1..n_samples, got {min_samples}")
         feature_batches(1, batch_size)  # validates batch_size
+        prompt_config = PromptConfig(shots=shots, use_caption=use_caption, reasoning=reasoning, bound=bound)
+        # last: it creates the cache directory, which a rejected configuration must not leave behind
+        super().__init__(backend, cache_dir, max_retries, backoff_base, backoff_cap, max_concurrency, sleep)
         self.n_samples = int(n_samples)
         self.batch_size = int(batch_size)
-        self.prompt_config = PromptConfig(shots=shots, use_caption=use_caption, reasoning=reasoning, bound=bound)
+        self.prompt_config = prompt_config
         self.bound = float(bound)
         self.seed = int(seed)
         self.bias_mode = bias_mode

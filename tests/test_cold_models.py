@@ -250,3 +250,14 @@ def test_register_embedding_gives_a_new_ad_its_own_content_intercept():
     assert own == pytest.approx(g.predict_logit_ctr(-emb[nw], new.launched_at, new))
     with pytest.raises(ValueError, match="not finite"):
         g.register_embedding("bad", np.full(emb.shape[1], np.nan))
+
+
+@pytest.mark.parametrize("opts, msg", [({"stack_l2": "abc"}, "'stack_l2' must be like 0.0"),
+                                       ({"k": "5"}, "'k' must be like 20"), ({"k": 2.5}, "'k' must be like 20"),
+                                       ({"drift": 1}, "'drift' must be like True"),
+                                       ({"stack_content": "yes"}, "'stack_content' must be like True"),
+                                       ({"recency_scale_days": "7"}, "'recency_scale_days'")])
+def test_option_types_are_checked_with_the_option_named(opts, msg):
+    with pytest.raises(ValueError, match=msg):
+        ContentKNNGenerator(**opts)
+    assert ContentKNNGenerator(k=5.0).cfg.k == 5 and ContentKNNGenerator(recency_scale_days=None).cfg.recency_scale_days is None

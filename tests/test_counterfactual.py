@@ -150,3 +150,21 @@ def test_robustness_with_llm_generator_and_llm_rewriter_over_the_protocol_server
         assert r2.returncode == 0 and srv.calls_by_route["openai"] == first
     s = json.loads(r.stdout)["summary"]
     assert all(s[k]["n"] == 3 for k in KINDS) and json.loads(r2.stdout)["summary"] == s
+
+
+def test_robustness_cli_rejects_what_it_cannot_study_exit_2(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "o"
+    r = run_cli("robustness", "--dataset", "synthetic", "--work-dir", str(work), "--out", str(out), "--quiet")
+    assert r.returncode == 2 and "cannot rewrite any cold ad" in r.stderr and not out.exists()
+    r = run_cli("robustness", "--model", "m", "--out", str(out))
+    assert r.returncode == 2 and "neither is used here" in r.stderr
+    (tmp_path / "file").write_text("x")
+    r = run_cli("robustness", "--out", str(tmp_path / "file"))
+    assert r.returncode == 2 and "is not a directory" in r.stderr
+
+
+def test_diminished_swap_never_lists_a_genre_twice():
+    rw = GenreRewriter({"Drama": "Romance"})
+    ad = Ad("9", "T (1997)", "A 1997 film. Genres: Drama, Romance.", category="Drama")
+    assert listed_genres(rw.rewrite(ad, "Drama", FEATURE, "diminished").description) == ["Romance"]
+    assert rw.supports(ad, "Drama") and not rw.supports(ad, "Horror")

@@ -391,3 +391,14 @@ def test_bad_inputs(server, tmp_path):
     assert server.calls_by_route["gemini"] == 0
     assert isinstance(Generated(np.zeros(2, np.float32), {}, np.zeros((1, 2), np.float32),
                                 np.zeros(2, np.float32), {}).usable, bool)
+
+
+def test_rejected_configuration_leaves_no_cache_directory(tmp_path):
+    from offline.llm.openai_compat import OpenAICompatBackend
+
+    be = OpenAICompatBackend("http://127.0.0.1:1/v1", "m", timeout_s=1)
+    for bad in ({"bias_mode": "sometimes"}, {"on_failure": "retry"}, {"batch_size": 0}, {"max_retries": -1},
+                {"shots": -1}):
+        with pytest.raises(ValueError):
+            LLMGenerator(be, cache_dir=tmp_path / "cache", **bad)
+        assert not (tmp_path / "cache").exists(), bad

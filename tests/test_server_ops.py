@@ -322,3 +322,21 @@ def test_by_id_requests_never_pair_a_user_row_with_weights_of_another_publish(rw
             c.rank("u003", top_k=5, version="v000001")
         assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert server.servicer.counters()["swaps"] == 1
+
+
+def test_user_table_schema_is_checked_on_every_by_id_request(rw_store, make_server, world):
+    """A user table replaced on its own with the same F but other feature names is refused at
+    once (no poll runs here), and a batch's cheap argument errors come before any user lookup."""
+    server, port = make_server(rw_store, poll_interval_s=3600.0)
+    with RankerClient(f"127.0.0.1:{port}") as c:
+        assert c.rank("u002", top_k=3).version == "v000001"
+        renamed = [world.features[0]] + [(f"{n}_v2", d) for n, d in world.features[1:]]
+        rw_store.put_users(world.user_ids, world.X, renamed)
+        with pytest.raises(RankerError) as err:
+            c.rank("u002", top_k=3)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "do not match" in err.value.details
+        r = c.rank(features=world.x("u002"), top_k=3)  # inline features still work
+        assert r.version == "v000001"
+        with pytest.raises(RankerError) as err:
+            c.rank_batch(user_ids=["nobody"], top_k=0)
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in err.value.details

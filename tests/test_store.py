@@ -338,17 +338,19 @@ def test_publish_with_users_is_one_transaction(store: WeightStore) -> None:
 
 
 def test_users_snapshot_reads_rows_and_current_version_together(store: WeightStore) -> None:
-    cur, U = store.users_snapshot([])
-    assert cur is None and U.shape == (0, 0)
+    snap = store.users_snapshot([])
+    assert snap.version is None and snap.features is None and snap.n_users == 0 and snap.X.shape == (0, 0)
     F = 3
     X = np.ones((2, F), np.float32)
     X[:, 1:] = [[0.1, 0.2], [0.3, 0.4]]
     v1 = store.publish(ids(4), weights(4, F), feats(F), users=(["a", "b"], X, feats(F)))
-    cur, U = store.users_snapshot(["b", "a"])
-    assert cur == v1 and U.dtype == np.float32 and np.array_equal(U, X[::-1])
+    snap = store.users_snapshot(["b", "a"])
+    assert (snap.version, snap.n_users) == (v1, 2) and snap.features == tuple(feats(F))
+    assert snap.X.dtype == np.float32 and np.array_equal(snap.X, X[::-1])
+    assert store.schema_snapshot() == (v1, tuple(feats(F)), 2)
     v2 = store.publish(ids(4), weights(4, F, 1), feats(F), users=(["c"], X[:1] * 0 + 1, feats(F)))
-    cur, U = store.users_snapshot(["c"])
-    assert cur == v2 and U.tolist() == [[1.0, 1.0, 1.0]]
+    snap = store.users_snapshot(["c"])
+    assert (snap.version, snap.n_users) == (v2, 1) and snap.X.tolist() == [[1.0, 1.0, 1.0]]
     with pytest.raises(UserNotFound) as e:
         store.users_snapshot(["c", "a"])  # "a" left with the v2 publish
     assert e.value.user_id == "a"

@@ -51,7 +51,7 @@ class RetryingLLM:
         if backoff_base < 0 or backoff_cap < 0:
             raise ValueError("backoff_base and backoff_cap must be >= 0")
         self.backend = backend
-        self.cache = AnswerCache(cache_dir)
+        self.cache = AnswerCache(cache_dir)  # after every check: it creates the directory
         self.max_retries = int(max_retries)
         self.backoff_base, self.backoff_cap = float(backoff_base), float(backoff_cap)
         self.max_concurrency = int(max_concurrency)
