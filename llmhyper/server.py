@@ -109,7 +109,7 @@ class ServingState:
 
     __slots__ = (
         "view", "version", "theta", "M", "F", "ad_ids", "ad_index", "feature_names",
-        "feature_index", "features", "map_default", "pb_features",
+        "feature_index", "features", "map_default", "pb_features", "_users_checked",
         "manifest_json", "created_at",
     )
 
@@ -135,10 +135,20 @@ class ServingState:
         self.pb_features = tuple(pb.Feature(name=n, description=d) for n, d in self.features)
         self.manifest_json = json.dumps(view.manifest, sort_keys=True, default=str)
         self.created_at = float(getattr(view, "created_at", 0.0) or 0.0)
+        self._users_checked: tuple[Any, str | None] | None = None
 
     def users_problem(self, user_features: Sequence[tuple[str, str]] | None) -> str | None:
         """None when a user table with this schema can be scored by this version (or there is
-        no table), else the FAILED_PRECONDITION message."""
+        no table), else the FAILED_PRECONDITION message. The last answer is kept per schema
+        object (the store hands out the same tuple while the table is unchanged)."""
+        last = self._users_checked
+        if last is not None and last[0] is user_features:
+            return last[1]
+        problem = self._users_problem(user_features)
+        self._users_checked = (user_features, problem)
+        return problem
+
+    def _users_problem(self, user_features: Sequence[tuple[str, str]] | None) -> str | None:
         if user_features is None:
             return None  # no table: every user id is simply unknown (NOT_FOUND)
         names = tuple(n for n, _ in user_features)

@@ -451,6 +451,7 @@ class WeightStore:
             raise ValueError("map_size and max_map_size must be positive byte counts")
         self._path = os.path.realpath(os.fspath(path))
         self._readonly = readonly
+        self._schema_cache: tuple[bytes, tuple[tuple[str, str], ...]] | None = None
         with _REGISTRY_LOCK:
             shared = _REGISTRY.get(self._path)
             if shared is None:
@@ -810,7 +811,7 @@ class WeightStore:
                     [txn.get(u.encode(), db=users) if isinstance(u, str) and u else None for u in ids])
 
         cur, feats_b, n_b, rows = e.read(get)
-        features = None if feats_b is None else tuple((str(n), str(d)) for n, d in json.loads(feats_b))
+        features = self._user_schema(feats_b)
         return UsersSnapshot(version=None if cur is None else cur.decode(), features=features,
                              n_users=0 if n_b is None else int(n_b), X=self._rows_to_matrix(ids, feats_b, rows))
 
@@ -820,8 +821,20 @@ class WeightStore:
         meta = e.dbs["meta"]
         cur, feats_b, n_b = e.read(lambda txn: (txn.get(b"current", db=meta), txn.get(b"user_features", db=meta),
                                                 txn.get(b"n_users", db=meta)))
-        features = None if feats_b is None else tuple((str(n), str(d)) for n, d in json.loads(feats_b))
-        return (None if cur is None else cur.decode()), features, (0 if n_b is None else int(n_b))
+        return (None if cur is None else cur.decode()), self._user_schema(feats_b), (0 if n_b is None else int(n_b))
+
+    def _user_schema(self, raw: bytes | None) -> tuple[tuple[str, str], ...] | None:
+        """Parsed user-table schema; the same tuple object while the stored bytes are unchanged
+        (every by-id request reads it, so it is parsed once per table, not per request)."""
+        if raw is None:
+            return None
+        raw = bytes(raw)
+        cached = self._schema_cache
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        parsed = tuple((str(n), str(d)) for n, d in json.loads(raw))
+        self._schema_cache = (raw, parsed)
+        return parsed
 
     @staticmethod
     def _rows_to_matrix(ids: list[str], feats_b: bytes | None, rows: list[bytes | None]) -> np.ndarray:
