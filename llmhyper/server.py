@@ -194,7 +194,6 @@ class RankerServicer(pb_grpc.RankerServicer):
     def load_and_warmup(self) -> None:
         """Compile the kernels, load the current version and report SERVING when one exists."""
         scoring.warmup()
-        self._refresh_users()
         self._poll_once()
 
     def start_polling(self) -> None:
@@ -251,10 +250,6 @@ class RankerServicer(pb_grpc.RankerServicer):
         if self._health is not None:
             self._health.set("", status)
             self._health.set(SERVICE_NAME, status)
-
-    def _refresh_users(self) -> None:
-        """Take the user table's size (for messages and ModelInfo)."""
-        self._n_users = int(self._store.n_users())
 
     def _poll_once(self) -> None:
         current, _, n_users = self._store.schema_snapshot()

@@ -783,17 +783,7 @@ class WeightStore:
 
         Raises UserNotFound naming the first unknown id.
         """
-        e = self._env()
-        users, meta = e.dbs["users"], e.dbs["meta"]
-        ids = list(user_ids)
-
-        def get(txn: lmdb.Transaction) -> tuple[bytes | None, list[bytes | None]]:
-            feats = txn.get(b"user_features", db=meta)
-            return feats, [txn.get(u.encode(), db=users) if isinstance(u, str) and u else None
-                           for u in ids]
-
-        feats_b, rows = e.read(get)
-        return self._rows_to_matrix(ids, feats_b, rows)
+        return self.users_snapshot(user_ids).X
 
     def users_snapshot(self, user_ids: Sequence[str]) -> UsersSnapshot:
         """The store's current version, the user table's schema and size, and the features of

@@ -27,6 +27,24 @@ def theta_for(n: int, F: int) -> np.ndarray:
     return t
 
 
+def publish_under_load(load, versions, publish, stop: threading.Event, store: WeightStore) -> None:
+    """Run ``load(i)`` in 4 client threads while ``publish(n)`` runs for each n, 40 ms apart;
+    then let the clients see the last version, stop them and close the store."""
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for n in versions:
+            publish(n)
+            time.sleep(0.04)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+        store.close()
+
+
 def test_row06_hot_swap_under_load_never_mixes_versions(tmp_path, serve, record):
     world = make_world()
     F = world.F
@@ -99,21 +117,12 @@ def test_row06_hot_swap_under_load_never_mixes_versions(tmp_path, serve, record)
 
     with RankerClient(sp.target) as c:
         assert c.model_info().version == "v000002"
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
+    def publish(n: int) -> None:
+        v = w.publish(ad_ids, theta_for(n, F), world.features, manifest={"n": n})
+        assert v == f"v{n:06d}"
+
     t0 = time.monotonic()
-    try:
-        for n in range(3, 3 + PUBLISHES):
-            v = w.publish(ad_ids, theta_for(n, F), world.features, manifest={"n": n})
-            assert v == f"v{n:06d}"
-            time.sleep(0.04)
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(15)
-        w.close()
+    publish_under_load(load, range(3, 3 + PUBLISHES), publish, stop, w)
     last = f"v{2 + PUBLISHES:06d}"
     versions_seen = sorted(v for v in seen if v != "v000001")
     record("row06", publishes=PUBLISHES, seconds=round(time.monotonic() - t0, 2), calls=ncalls[0],
@@ -181,19 +190,9 @@ def test_row06_by_id_requests_pair_each_user_row_with_its_own_publish(tmp_path, 
                     if not np.allclose(got, np.tile(want, got.size // M), atol=1e-4):
                         mixed.append(f"{version}: {got[:2]}")
 
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        for n in range(2, 2 + PUBLISHES):
-            w.publish(ad_ids, weights(n), world.features, users=(users, rows(n), world.features))
-            time.sleep(0.04)
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(15)
-        w.close()
+    publish_under_load(load, range(2, 2 + PUBLISHES),
+                       lambda n: w.publish(ad_ids, weights(n), world.features, users=(users, rows(n), world.features)),
+                       stop, w)
     record("row06_by_id", publishes=PUBLISHES, calls=ncalls[0], errors=len(errors), mixed=len(mixed),
            distinct_versions_served=len(seen))
     assert not errors, errors[:5]
