@@ -54,7 +54,7 @@ def _features() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def bench_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llmhyper.store import WeightStore
+    from llmhyper.store.weight_store import WeightStore
 
     path = tmp_path_factory.mktemp("bench") / "store.lmdb"
     rng = np.random.default_rng(0)
@@ -167,7 +167,7 @@ PUBLISHER = textwrap.dedent("""
     import sys, time
     import numpy as np
     sys.path.insert(0, {repo!r})
-    from llmhyper.store import WeightStore
+    from llmhyper.store.weight_store import WeightStore
     from benchmarks.test_rpc_bench import _weights, _features, M
     store = WeightStore({store!r}, durable=False)
     ids = [f"ad{{i:04d}}" for i in range(M)]

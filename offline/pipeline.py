@@ -1,5 +1,5 @@
 """The offline build: dataset -> warm training -> embedding -> retrieval -> generation ->
-calibration -> a :class:`~offline.artifact.WeightArtifact` ready to publish.
+calibration -> a :class:`~offline.data.artifact.WeightArtifact` ready to publish.
 
 Every stage is a plain function over plain arrays so the evaluation harness runs exactly the
 production path (``prepare`` once, then ``generate_cold`` / ``calibrate_cold`` per method).
@@ -21,9 +21,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from offline.artifact import UserTable, WeightArtifact
-from offline.cache import content_hash, load_npy, save_npy_atomic
-from offline.dataset import Dataset, Split, load_dataset
+from offline.data.artifact import UserTable, WeightArtifact
+from offline.data.cache import content_hash, load_npy, save_npy_atomic
+from offline.data.dataset import Dataset, Split, load_dataset
 
 GENERATORS = ("knn", "knn-raw", "gemini", "openai")
 ON_FAILURE = ("fallback", "exclude", "abort")
@@ -45,7 +45,7 @@ class BuildConfig:
     embedder: ``minilm`` (bundled all-MiniLM-L6-v2), ``openclip:MODEL[:PRETRAINED_TAG_OR_PATH]``.
     k: neighbours (reference ads) per cold ad.
     generator: ``knn`` (the deterministic default: neighbour weights with launch-time drift and a
-        neighbour-CTR intercept, offline.cold_models.ContentKNNGenerator), ``knn-raw`` (plain
+        neighbour-CTR intercept, offline.generators.content_knn.ContentKNNGenerator), ``knn-raw`` (plain
         similarity-weighted neighbour weights, the baseline), ``gemini`` or ``openai``.
     generator_options: passed to the generator/backend constructor (model, base_url, shots, ...).
     normalize / shift: calibration steps (paper eq. 2); None = the generator's measured default.
@@ -129,7 +129,7 @@ class BuildConfig:
 # -- stage 0: the data ---------------------------------------------------------------------------
 def movielens_path(explicit: str | None = None) -> Path:
     """Where MovieLens 100K is read from: ``explicit``, else $LLMHYPER_MOVIELENS, else ../shared/data."""
-    from offline.adapters import DEFAULT_MOVIELENS_PATH
+    from offline.data.adapters import DEFAULT_MOVIELENS_PATH
 
     return Path(explicit or os.environ.get("LLMHYPER_MOVIELENS") or DEFAULT_MOVIELENS_PATH)
 
@@ -138,12 +138,12 @@ def load_source(spec: str) -> Dataset:
     """Load a dataset from a spec: a layout directory, ``synthetic[:SEED]`` or ``movielens-100k[:PATH]``."""
     name, _, arg = spec.partition(":")
     if name == "synthetic":
-        from offline.adapters.synthetic import make_synthetic
+        from offline.data.adapters.synthetic import make_synthetic
 
         ds, _truth = make_synthetic(seed=int(arg) if arg else 0)
         return ds
     if name in ("movielens-100k", "movielens"):
-        from offline.adapters.movielens import load_movielens
+        from offline.data.adapters.movielens import load_movielens
 
         return load_movielens(movielens_path(arg or None))
     path = Path(spec)
@@ -194,7 +194,7 @@ def train_warm(ds: Dataset, split: Split, cfg: BuildConfig, quiet: bool = True,
     Returns (theta float32 [W, F], l2 used); ``stats["warm_cache"]`` is set to "hit" or "miss".
     """
     stats = {} if stats is None else stats
-    from offline import train
+    from offline.stages import train
 
     work = Path(cfg.work_dir) / "warm"
     if ds.implicit:
@@ -227,7 +227,7 @@ def train_warm(ds: Dataset, split: Split, cfg: BuildConfig, quiet: bool = True,
 
 def make_embedder(spec: str, work_dir: str | os.PathLike, use_caption: bool = True):
     """An on-disk-cached embedder from a spec (``minilm`` or ``openclip:MODEL[:PRETRAINED]``)."""
-    from offline.embed import CachedEmbedder, MiniLMEmbedder, OpenClipEmbedder
+    from offline.stages.embed import CachedEmbedder, MiniLMEmbedder, OpenClipEmbedder
 
     if spec == "minilm":
         inner = MiniLMEmbedder(use_caption=use_caption)
@@ -242,7 +242,7 @@ def make_embedder(spec: str, work_dir: str | os.PathLike, use_caption: bool = Tr
 
 def neighbours(emb: np.ndarray, split: Split, ad_ids: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     """k nearest warm ads of every cold ad: (positions into split.warm int64 [C,k], sims float32 [C,k])."""
-    from offline.retrieve import NeighbourIndex
+    from offline.stages.retrieve import NeighbourIndex
 
     warm_ids = [ad_ids[i] for i in split.warm]
     index = NeighbourIndex(emb[split.warm], warm_ids)
@@ -302,11 +302,11 @@ def make_backend(kind: str, options: dict[str, Any]):
 
 def make_generator(cfg: BuildConfig):
     """The configured weight generator (kNN, or an LLM generator over the configured backend)."""
-    from offline import generate
+    from offline.generators import llm as generate
 
     opts = dict(cfg.generator_options)
     if cfg.generator == "knn":
-        from offline.cold_models import ContentKNNGenerator
+        from offline.generators.content_knn import ContentKNNGenerator
 
         return ContentKNNGenerator(**opts)
     if cfg.generator == "knn-raw":
@@ -320,7 +320,7 @@ def make_generator(cfg: BuildConfig):
 
 def neighbour_lists(prep: Prepared, rows: Sequence[int] | None = None) -> list[list]:
     """The Neighbour objects (ad, trained theta, similarity, observed CTR) of each cold ad."""
-    from offline.generate import Neighbour
+    from offline.generators.llm import Neighbour
 
     ds, split = prep.dataset, prep.split
     rows = range(len(split.cold)) if rows is None else rows
@@ -334,7 +334,7 @@ def neighbour_lists(prep: Prepared, rows: Sequence[int] | None = None) -> list[l
 
 def generate_cold(prep: Prepared, generator, quiet: bool = True) -> list:
     """Run ``generator`` for every cold ad (resumable for LLM generators); list of Generated."""
-    from offline.generate import generate_all
+    from offline.generators.llm import generate_all
 
     return generate_all(generator, prep.cold_ads, neighbour_lists(prep), prep.dataset.features,
                         progress=not quiet)
@@ -362,7 +362,7 @@ def user_sample(ds: Dataset, n: int, seed: int, users: np.ndarray | None = None)
 def calibrate_cold(prep: Prepared, thetas: np.ndarray, X_sample: np.ndarray, normalize: bool,
                    shift: bool) -> tuple[np.ndarray, list[dict]]:
     """Calibrate each cold ad's theta (rows of ``thetas`` f32 [C,F]); returns (theta', per-ad info)."""
-    from offline.calibrate import calibrate, neighbour_alpha
+    from offline.stages.calibrate import calibrate, neighbour_alpha
 
     out = np.empty_like(thetas, dtype=np.float32)
     info: list[dict] = []
@@ -456,7 +456,7 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
             rows.append(cal_thetas[c])
     if not ad_ids:
         raise BuildError("generate: every ad failed; nothing to publish")
-    from offline.prompts import PROMPT_VERSION
+    from offline.llm.prompts import PROMPT_VERSION
 
     manifest = {
         "created_at": time.time(),

@@ -80,7 +80,7 @@ def world() -> World:
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory: pytest.TempPathFactory, world: World) -> Path:
     """A store directory holding one published version of ``world`` and its user table (closed)."""
-    from llmhyper.store import WeightStore
+    from llmhyper.store.weight_store import WeightStore
 
     path = tmp_path_factory.mktemp("store") / "weights.lmdb"
     store = WeightStore(path)

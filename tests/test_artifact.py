@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from offline.artifact import USERS_FORMAT, WEIGHTS_FORMAT, UserTable, WeightArtifact
+from offline.data.artifact import USERS_FORMAT, WEIGHTS_FORMAT, UserTable, WeightArtifact
 
 FEATS = [("bias", "intercept"), ("age", "age in years / 100"), ("likes_books", "1 if the user reads books")]
 

@@ -1,6 +1,6 @@
 """``llmhyper build`` end to end: dataset -> weights -> store, caches, failures publish nothing.
 
-Runs the real CLI in-process (``llmhyper.cli.main``) against real LMDB stores in tmp dirs,
+Runs the real CLI in-process (``llmhyper.cli.main.main``) against real LMDB stores in tmp dirs,
 the bundled MiniLM encoder, and for LLM generators the real google-genai client pointed at the
 local Gemini-protocol server.
 """
@@ -24,7 +24,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _store_versions(path: Path) -> list[dict]:
-    from llmhyper.store import WeightStore
+    from llmhyper.store.weight_store import WeightStore
 
     with WeightStore(path, readonly=True) as s:
         return s.list_versions()
@@ -46,7 +46,7 @@ def test_build_publishes_every_cold_ad_and_reuses_caches(tmp_path: Path, work: P
     versions = _store_versions(store)
     assert [v["version"] for v in versions] == [first["version"], second["version"]]
 
-    from llmhyper.store import WeightStore
+    from llmhyper.store.weight_store import WeightStore
 
     with WeightStore(store, readonly=True) as s:
         v1, v2 = s.view(first["version"]), s.view(second["version"])

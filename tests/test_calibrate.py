@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from offline.calibrate import calibrate, mean_ctr, neighbour_alpha, solve_shift
+from offline.stages.calibrate import calibrate, mean_ctr, neighbour_alpha, solve_shift
 
 
 def _sig(z):

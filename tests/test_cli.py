@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, cli_env, make_world, publish_world, run_cli, wait_for
 
 from llmhyper.client import RankerClient, RankerError
-from llmhyper.store import WeightStore
+from llmhyper.store.weight_store import WeightStore
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_missing_store_and_bad_args_exit_2(tmp_path):
 
 
 def test_publish_weights_and_users(tmp_path, world):
-    from offline.artifact import UserTable, WeightArtifact
+    from offline.data.artifact import UserTable, WeightArtifact
 
     w = make_world(seed=21)
     weights = tmp_path / "w.npz"
@@ -203,7 +203,7 @@ def test_serve_sigterm_graceful(store_path):
 
 def test_serving_imports_stay_light():
     """`llmhyper serve` must not pull offline code, torch, faiss or LLM clients; the CLI pins threads."""
-    code = ("import sys, os; import llmhyper.cli, llmhyper.server, llmhyper.client; "
+    code = ("import sys, os; import llmhyper.cli.main, llmhyper.server.servicer, llmhyper.client; "
             "heavy = ('offline', 'torch', 'faiss', 'google.genai', 'httpx', 'openai', 'open_clip'); "
             "bad = sorted(m for m in sys.modules if m in heavy or m.startswith(tuple(h + '.' for h in heavy))); "
             "print(bad); print(os.environ['NUMBA_NUM_THREADS'], os.environ['OMP_NUM_THREADS'])")

@@ -9,12 +9,12 @@ import pytest
 from scipy.special import expit, logit
 from scipy.stats import spearmanr
 
-from offline.calibrate import mean_ctr
-from offline import metrics as M
-from offline.cold_models import (ContentEncoder, ContentKNNGenerator, content_year, effective_size,
+from offline.stages.calibrate import mean_ctr
+from offline.evaluation import metrics as M
+from offline.generators.content_knn import (ContentEncoder, ContentKNNGenerator, content_year, effective_size,
                                   shift_weights, weighted_auc, weighted_metrics)
-from offline.dataset import Ad
-from offline.generate import Neighbour
+from offline.data.dataset import Ad
+from offline.generators.llm import Neighbour
 
 DAY = 86400.0
 T0 = 880_000_000.0  # unix s, late 1997
@@ -188,7 +188,7 @@ def test_options_are_checked():
 
 
 def test_movielens_feature_cutoff_drops_later_ratings():
-    from offline.adapters.movielens import load_movielens
+    from offline.data.adapters.movielens import load_movielens
     from offline.pipeline import movielens_path
 
     root = movielens_path()
@@ -207,9 +207,10 @@ def test_auto_drift_turns_drift_off_where_weights_do_not_drift(tmp_path):
     """The synthetic world's true weights do not change with launch time, so a fitted trend is
     noise: the default generator's retired-only selection must switch drift off, and the result
     must then target at least as well as raw kNN on the active ads (per-ad AUC on real clicks)."""
-    from offline import metrics, pipeline
-    from offline.cold_models import ContentKNNGenerator
-    from offline.generate import KNNGenerator
+    from offline import pipeline
+    from offline.evaluation import metrics
+    from offline.generators.content_knn import ContentKNNGenerator
+    from offline.generators.llm import KNNGenerator
 
     ds = pipeline.load_source("synthetic")
     prep = pipeline.prepare(ds, pipeline.BuildConfig(dataset="synthetic", work_dir=str(tmp_path)), quiet=True)

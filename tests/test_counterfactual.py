@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from offline.counterfactual import (KINDS, GenreRewriter, LLMRewriter, RewriteFailed, expected_move, listed_genres,
+from offline.evaluation.counterfactual import (KINDS, GenreRewriter, LLMRewriter, RewriteFailed, expected_move, listed_genres,
                                     parse_rewrite, rewrite_prompt)
-from offline.dataset import Ad
+from offline.data.dataset import Ad
 from offline.llm.gemini import GeminiBackend
-from offline.parse import ParseError
+from offline.llm.parse import ParseError
 from offline.pipeline import movielens_path
-from offline.prompts import extract_data_blocks
+from offline.llm.prompts import extract_data_blocks
 from tests.fakes.llm_server import FakeLLMServer
 
 ML_AVAILABLE = (Path(movielens_path()) / "u.data").is_file()

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from offline.adapters.synthetic import CATEGORY_NAMES, make_synthetic
-from offline.dataset import Dataset, DatasetError, load_dataset, parse_time, save_dataset
+from offline.data.adapters.synthetic import CATEGORY_NAMES, make_synthetic
+from offline.data.dataset import Dataset, DatasetError, load_dataset, parse_time, save_dataset
 
 
 @pytest.fixture(scope="module")

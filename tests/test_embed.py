@@ -9,9 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from offline.adapters.synthetic import make_synthetic
-from offline.dataset import Ad
-from offline.embed import CachedEmbedder, MiniLMEmbedder, OpenClipEmbedder, ad_text
+from offline.data.adapters.synthetic import make_synthetic
+from offline.data.dataset import Ad
+from offline.stages.embed import CachedEmbedder, MiniLMEmbedder, OpenClipEmbedder, ad_text
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")

@@ -7,7 +7,7 @@ from tests.fakes.llm_server import FakeLLMServer
 
 
 def test_llm_variant_through_harness(tmp_path):
-    from offline.evaluate import EvalConfig, evaluate
+    from offline.evaluation.protocol import EvalConfig, evaluate
 
     with FakeLLMServer() as srv:
         cfg = EvalConfig(dataset="synthetic", seeds=1, k=5, methods=("lrwarm", "lrcold", "default"),

@@ -24,7 +24,7 @@ def work_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(work_dir, tmp_path_factory):
-    from offline.evaluate import EvalConfig, evaluate
+    from offline.evaluation.protocol import EvalConfig, evaluate
 
     out = tmp_path_factory.mktemp("report")
     cfg = EvalConfig(dataset="movielens-100k", seeds=2, work_dir=work_dir, out_dir=str(out),
@@ -63,12 +63,12 @@ def test_report_files_and_latency(result):
 
 
 def test_shift_aware_selection_on_retired_ads(work_dir, result):
-    """The model-selection procedure behind the default (offline.cold_models.select_config): its
+    """The model-selection procedure behind the default (offline.generators.content_knn.select_config): its
     importance weights move the pseudo-cold retired ads toward the cold ads' content (share of
     new releases), and it prefers the default over a generator that discards the neighbours'
     targeting (one shared user part, the neighbours' own intercept)."""
     from offline import pipeline
-    from offline.cold_models import effective_size, select_config, shift_features, validation_folds
+    from offline.generators.content_knn import effective_size, select_config, shift_features, validation_folds
 
     ds = pipeline.load_source("movielens-100k")
     prep = pipeline.prepare(ds, pipeline.BuildConfig(dataset="movielens-100k", work_dir=work_dir), quiet=True)

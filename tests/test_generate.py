@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.dataset import Ad
-from offline.generate import Generated, KNNGenerator, LLMGenerator, Neighbour, generate_all, partition_failed
+from offline.data.dataset import Ad
+from offline.generators.llm import Generated, KNNGenerator, LLMGenerator, Neighbour, generate_all, partition_failed
 from offline.llm.base import FatalLLMError, QuotaExhausted
 from offline.llm.gemini import GeminiBackend
 from offline.llm.openai_compat import OpenAICompatBackend
-from offline.llm_cache import AnswerCache
-from offline.prompts import SYSTEM_PROMPT, clean_text
+from offline.llm.cache import AnswerCache
+from offline.llm.prompts import SYSTEM_PROMPT, clean_text
 
 try:
     from tests.fakes.llm_server import POISON, FakeLLMServer
@@ -284,7 +284,7 @@ CHILD = r"""
 import sys
 sys.path.insert(0, {repo!r})
 from tests.test_generate import make_catalog, FEATS
-from offline.generate import LLMGenerator, generate_all
+from offline.generators.llm import LLMGenerator, generate_all
 from offline.llm.gemini import GeminiBackend
 ads, nbs = make_catalog(4)
 gen = LLMGenerator(GeminiBackend("gemini-fake", api_key="k", base_url={url!r}, timeout_s=120), n_samples=2,

@@ -14,7 +14,7 @@ from offline.llm.base import (
 )
 from offline.llm.gemini import GeminiBackend
 from offline.llm.openai_compat import OpenAICompatBackend
-from offline.prompts import weights_schema
+from offline.llm.prompts import weights_schema
 
 try:
     from tests.fakes.llm_server import FakeLLMServer

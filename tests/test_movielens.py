@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.adapters import DEFAULT_MOVIELENS_PATH
-from offline.adapters.movielens import GENRES, MovieLensNotFound, convert_movielens, load_movielens
-from offline.dataset import DatasetError, load_dataset
+from offline.data.adapters import DEFAULT_MOVIELENS_PATH
+from offline.data.adapters.movielens import GENRES, MovieLensNotFound, convert_movielens, load_movielens
+from offline.data.dataset import DatasetError, load_dataset
 
 ML = Path(DEFAULT_MOVIELENS_PATH)
 pytestmark = pytest.mark.skipif(not (ML / "u.data").is_file(), reason=f"MovieLens 100K not present at {ML}")

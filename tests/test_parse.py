@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from offline.parse import ParseError, loads_strict, parse_weights
+from offline.llm.parse import ParseError, loads_strict, parse_weights
 
 KEYS = ["a", "b", "c"]
 

@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from offline.dataset import Ad
-from offline.generate import Neighbour
-from offline.prompts import (
+from offline.data.dataset import Ad
+from offline.generators.llm import Neighbour
+from offline.llm.prompts import (
     DATA_CLOSE,
     PROMPT_VERSION,
     SYSTEM_PROMPT,

@@ -1,6 +1,6 @@
 """The Markdown report (offline/report.py): Table 1 rows, gap closed, and the variant label."""
 
-from offline.report import markdown
+from offline.evaluation.report import markdown
 
 
 def _result(default_options):

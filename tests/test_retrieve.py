@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from offline.retrieve import NeighbourIndex  # noqa: E402
+from offline.stages.retrieve import NeighbourIndex  # noqa: E402
 
 
 def brute(emb, q, k, banned_per_row):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmhyper.store import (
+from llmhyper.store.weight_store import (
     InvalidWeights,
     PublishError,
     StoreError,
@@ -381,7 +381,7 @@ def test_read_only_opening_rules(tmp_path: Path) -> None:
 
 GROW_SCRIPT = """
 import sys, numpy as np
-from llmhyper.store import WeightStore
+from llmhyper.store.weight_store import WeightStore
 s = WeightStore(sys.argv[1], map_size=64 << 10)
 F = 64
 s.publish([f"a{i}" for i in range(4000)], np.full((4000, F), 7, np.float32),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmhyper.store import WeightStore
+from llmhyper.store.weight_store import WeightStore
 
 REPO = Path(__file__).resolve().parents[1]
 F = 64
@@ -29,7 +29,7 @@ def rows(seq: int) -> int:
 # ad and manifest {"seq": k}. Prints "begin k" / "done vK" so the test knows where it died.
 PUBLISHER = f"""
 import sys, numpy as np
-from llmhyper.store import WeightStore
+from llmhyper.store.weight_store import WeightStore
 F = {F}
 def rows(seq): return 500 + (seq * 389) % 2500
 s = WeightStore(sys.argv[1], map_size=256 << 10)
@@ -50,7 +50,7 @@ while True:
 # Opens the store read-only, pins the current version, reports, then waits to be killed.
 READER = """
 import sys, time
-from llmhyper.store import WeightStore
+from llmhyper.store.weight_store import WeightStore
 s = WeightStore(sys.argv[1], readonly=True)
 v = s.view()
 print("ready", v.version, flush=True)
@@ -184,7 +184,7 @@ def test_killed_readers_are_cleared_and_file_growth_stays_bounded(tmp_path: Path
 # must fail with PublishError and leave the current version serving in this process.
 DISK_FULL = """
 import os, resource, signal, sys, numpy as np
-from llmhyper.store import PublishError, WeightStore
+from llmhyper.store.weight_store import PublishError, WeightStore
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
 s = WeightStore(sys.argv[1])
 v1 = s.current_version()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from offline.adapters.synthetic import make_synthetic
-from offline.train import (INTERCEPT_EPS, choose_l2, choose_l2_pairs, holdout_scores, logloss, train_logreg,
+from offline.data.adapters.synthetic import make_synthetic
+from offline.stages.train import (INTERCEPT_EPS, choose_l2, choose_l2_pairs, holdout_scores, logloss, train_logreg,
                            train_logreg_pairs)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from offline.llm.base import FatalLLMError, LLMBackend, QuotaExhausted, RetryableLLMError
-from offline.llm_cache import AnswerCache
-from offline.parse import ParseError
+from offline.llm.cache import AnswerCache
+from offline.llm.parse import ParseError
 
 
 def new_cost() -> dict:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from offline.generate import LLMGenerator, generate_all
+from offline.generators.llm import LLMGenerator, generate_all
 from offline.llm.base import QuotaExhausted
 from offline.llm.gemini import GeminiBackend
 from tests.test_generate import FEATS, make_catalog

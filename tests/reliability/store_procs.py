@@ -1,5 +1,5 @@
 """Child-process bodies for the store fault rows (run in a multiprocessing forkserver that has
-numpy, lmdb and llmhyper.store preloaded, so 50 publisher processes cost milliseconds each)."""
+numpy, lmdb and llmhyper.store.weight_store preloaded, so 50 publisher processes cost milliseconds each)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def rows(seq: int) -> int:
 def publisher(path: str, conn) -> None:
     """Publish forever: version k has rows(k) ads ``k_i``, every weight == k, manifest {"seq": k},
     a record for every 100th ad; prune to 3 every third version. Reports begin/done on ``conn``."""
-    from llmhyper.store import WeightStore
+    from llmhyper.store.weight_store import WeightStore
 
     s = WeightStore(path, map_size=256 << 10)  # small map: kills also land inside map growth
     feats = [("bias", "")] + [(f"f{j}", "") for j in range(1, F)]

@@ -14,7 +14,7 @@ import numpy as np
 
 from conftest import make_world, publish_world
 from llmhyper.client import RankerClient, RankerError
-from llmhyper.store import WeightStore
+from llmhyper.store.weight_store import WeightStore
 from scoring import reference as ref
 
 PUBLISHES = 50

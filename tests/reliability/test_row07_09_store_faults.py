@@ -25,7 +25,7 @@ import pytest
 
 from conftest import REPO, cli_env, make_world, publish_world
 from llmhyper.client import RankerClient
-from llmhyper.store import PublishError, WeightStore
+from llmhyper.store.weight_store import PublishError, WeightStore
 
 from . import store_procs
 from tests.test_store_crash import assert_complete  # same version encoding as store_procs
@@ -38,7 +38,7 @@ KILLS = 50
 @pytest.fixture(scope="module")
 def forkserver():
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["numpy", "lmdb", "llmhyper.store", "tests.reliability.store_procs"])
+    ctx.set_forkserver_preload(["numpy", "lmdb", "llmhyper.store.weight_store", "tests.reliability.store_procs"])
     return ctx
 
 
@@ -134,7 +134,7 @@ def _ignore_sigxfsz_and_limit(limit: int):
 
 
 def test_row08_disk_full_cli_publish_fails_serving_unchanged(tmp_path, serve, record):
-    from offline.artifact import WeightArtifact
+    from offline.data.artifact import WeightArtifact
 
     world = make_world()
     path = tmp_path / "disk.lmdb"

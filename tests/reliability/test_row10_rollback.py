@@ -9,7 +9,7 @@ import numpy as np
 
 from conftest import make_world, publish_world, run_cli
 from llmhyper.client import RankerClient
-from llmhyper.store import WeightStore
+from llmhyper.store.weight_store import WeightStore
 
 USERS = [f"u{i:03d}" for i in range(0, 30, 3)]
 

@@ -19,9 +19,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from llmhyper.build_cmds import publish_result
-from llmhyper.store import WeightStore
-from offline.prompts import SYSTEM_PROMPT, extract_data_blocks
+from llmhyper.cli.build_cmds import publish_result
+from llmhyper.store.weight_store import WeightStore
+from offline.llm.prompts import SYSTEM_PROMPT, extract_data_blocks
 from tests.fakes.llm_server import POISON, FakeLLMServer
 
 BOUND = 10.0
@@ -39,7 +39,7 @@ HOSTILE = {
 def world(tmp_path_factory):
     """A small synthetic dataset (80 ads, 24 cold) and a work dir whose warm-weight and embedding
     caches every build of this module shares."""
-    from offline.adapters.synthetic import make_synthetic
+    from offline.data.adapters.synthetic import make_synthetic
 
     ds, _ = make_synthetic(n_ads=80, n_users=400, seed=3)
     # Synthetic titles repeat between warm and cold ads; a unique tag lets the protocol server

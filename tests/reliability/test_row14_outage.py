@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, cli_env
-from offline.generate import generate_all
-from offline.llm_cache import AnswerCache
+from offline.generators.llm import generate_all
+from offline.llm.cache import AnswerCache
 from tests.fakes.llm_server import FakeLLMServer
 from tests.test_generate import FEATS, make_catalog
 

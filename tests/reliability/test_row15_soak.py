@@ -18,7 +18,7 @@ import pytest
 
 from conftest import make_world, publish_world
 from llmhyper.client import RankerClient, RankerError
-from llmhyper.store import WeightStore
+from llmhyper.store.weight_store import WeightStore
 
 SECONDS = float(os.environ.get("LLMHYPER_SOAK_SECONDS", "600"))
 PUBLISH_EVERY = 30.0

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from offline.dataset import Ad, Dataset
-from offline.features import BIAS_DESCRIPTION, BIAS_NAME
+from offline.data.dataset import Ad, Dataset
+from offline.data.features import BIAS_DESCRIPTION, BIAS_NAME
 
 DAY = 86400.0
 T0 = 1_700_000_000.0  # 2023-11-14, start of the synthetic calendar (unix seconds)
@@ -181,6 +181,6 @@ def make_synthetic(n_ads: int = 200, n_users: int = 2000, n_features: int = 12, 
         implicit=implicit,
         description=(f"Generated world (seed {seed}): {n_ads} ads in {C} categories, {n_users} users; "
                      "clicks sampled from known per-ad logistic weights driven by the category."),
-        meta={"generator": "offline.adapters.synthetic", "seed": seed},
+        meta={"generator": "offline.data.adapters.synthetic", "seed": seed},
     )
     return ds, theta

@@ -4,7 +4,7 @@ One run: ``pipeline.load_source`` -> ``pipeline.prepare`` (time split, warm trai
 users, embeddings, neighbours; cached in the work dir) -> for every method its cold weights
 (``pipeline.generate_cold`` with the method's generator, ``pipeline.calibrate_cold`` where the
 method calibrates, the calibration user sample drawn from the seed's TRAINING users only) ->
-each method's weights published as a version of a real :class:`llmhyper.store.WeightStore`
+each method's weights published as a version of a real :class:`llmhyper.store.weight_store.WeightStore`
 -> the held-out users scored from the store's zero-copy view with ``scoring.score_matrix`` and
 ranked with ``scoring.topk_batch`` -> metrics (offline/metrics.py). Per seed the users are split
 80/20 at random; LRwarm trains on the 80% for the cold ads; everything is scored on the 20%.
@@ -16,7 +16,7 @@ Methods (names used in the report):
   embedding     EmbT5-style: cosine(user text profile, ad embedding), retired data only
   knn-raw       production ``KNNGenerator`` defaults (softmax over similarity), uncalibrated
   knn-raw+cal   the same with unit-norm + intercept shift (paper eq. 2)
-  default       the improved deterministic generator (offline.cold_models.ContentKNNGenerator)
+  default       the improved deterministic generator (offline.generators.content_knn.ContentKNNGenerator)
   llm[...]      LLM-HYPER variants (``generator='gemini'|'openai'``): shots x caption, each
                 with calibration on and off
 """
@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from offline import metrics as M
+from offline.evaluation import metrics as M
 from offline import pipeline
 
 BASE_METHODS = ("lrwarm", "lrcold", "popularity", "embedding", "knn-raw", "knn-raw+cal", "default")
@@ -91,7 +91,7 @@ class EvalConfig:
         if self.latency_users < 0:
             raise ValueError(f"latency_users must be >= 0, got {self.latency_users}")
         if self.default_options:
-            from offline.cold_models import ContentKNNGenerator
+            from offline.generators.content_knn import ContentKNNGenerator
 
             ContentKNNGenerator(**self.default_options)  # names the unknown or bad option
 
@@ -204,8 +204,8 @@ class Evaluator:
 
     def _deterministic(self) -> dict[str, np.ndarray]:
         """Seed-independent uncalibrated weights: lrcold, popularity, knn-raw."""
-        from offline.cold_models import LRColdGenerator, PopularityGenerator
-        from offline.generate import KNNGenerator
+        from offline.generators.content_knn import LRColdGenerator, PopularityGenerator
+        from offline.generators.llm import KNNGenerator
 
         out = {}
         ms = self.cfg.methods
@@ -220,7 +220,7 @@ class Evaluator:
 
     def _llm_variants(self) -> dict[str, np.ndarray]:
         """Uncalibrated LLM weights per (shots, caption) variant; failed ads fall back to knn-raw."""
-        from offline.generate import KNNGenerator
+        from offline.generators.llm import KNNGenerator
 
         out: dict[str, np.ndarray] = {}
         self.llm_info: dict[str, dict] = {}
@@ -251,8 +251,8 @@ class Evaluator:
         return out
 
     def _seed_weights(self, seed: int, tr: np.ndarray, te: np.ndarray, fixed: dict[str, np.ndarray]) -> dict[str, MethodWeights]:
-        from offline import train
-        from offline.cold_models import ContentKNNGenerator, embedding_scores
+        from offline.stages import train
+        from offline.generators.content_knn import ContentKNNGenerator, embedding_scores
 
         ds, prep, ms = self.ds, self.prep, self.cfg.methods
         out: dict[str, MethodWeights] = {}
@@ -283,7 +283,7 @@ class Evaluator:
         return out
 
     def _open_store(self) -> None:
-        from llmhyper.store import WeightStore
+        from llmhyper.store.weight_store import WeightStore
 
         path = Path(self.cfg.work_dir) / "eval-store"
         if path.exists():
@@ -464,7 +464,7 @@ def evaluate(cfg: EvalConfig, dataset: Any | None = None, write: bool = True) ->
     ``cfg.out_dir`` (see offline/report.py). Returns the result dict."""
     result = Evaluator(cfg, dataset).run()
     if write:
-        from offline.report import write_reports
+        from offline.evaluation.report import write_reports
 
         result["files"] = write_reports(result, cfg.out_dir)
     return result

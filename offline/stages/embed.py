@@ -15,8 +15,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from offline.cache import NpyCache, content_hash, file_sha256
-from offline.dataset import Ad
+from offline.data.cache import NpyCache, content_hash, file_sha256
+from offline.data.dataset import Ad
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.cache import file_sha256
-from offline.dataset import Ad, Dataset, DatasetError, save_dataset
-from offline.features import BIAS_DESCRIPTION, BIAS_NAME
+from offline.data.cache import file_sha256
+from offline.data.dataset import Ad, Dataset, DatasetError, save_dataset
+from offline.data.features import BIAS_DESCRIPTION, BIAS_NAME
 
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
           "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",

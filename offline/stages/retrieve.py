@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from offline.embed import l2_normalise
+from offline.stages.embed import l2_normalise
 
 
 class NeighbourIndex:

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from offline.cache import atomic_write_bytes, content_hash
+from offline.data.cache import atomic_write_bytes, content_hash
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from llmhyper.cli import CLIError, RuntimeFailure, command
+from llmhyper.cli.registry import CLIError, RuntimeFailure, command
 
 KINDS = ("enhanced", "diminished", "neutralized")
 
@@ -57,7 +57,7 @@ def _robustness(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {args.out} exists and is not a directory")
-    from offline import counterfactual as cf
+    from offline.evaluation import counterfactual as cf
     from offline import pipeline
 
     backend_opts: dict[str, Any] = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}

@@ -4,7 +4,7 @@ Question: when an ad's text is rewritten toward, against or away from one of its
 does the generator move that feature's weight the same way?
 
 For every cold ad with a target feature (its category's feature, as in the HitRate@5 labels of
-:func:`offline.evaluate.derived_key_features`; derived labels, not human ones), three rewrites:
+:func:`offline.evaluation.protocol.derived_key_features`; derived labels, not human ones), three rewrites:
 
 * ``enhanced``    -- the text leans harder on the target (expect the weight to rise),
 * ``diminished``  -- the target is swapped for a contrasting one (expect it to fall),
@@ -38,11 +38,11 @@ import numpy as np
 
 from offline.llm.base import LLMBackend
 from offline.llm.retrying import CallFailed, RetryingLLM, new_cost
-from offline.parse import ParseError, loads_strict
-from offline.prompts import DESCRIPTION_CAP, FEATURE_DEF_CAP, TITLE_CAP, clean_text, data_block
+from offline.llm.parse import ParseError, loads_strict
+from offline.llm.prompts import DESCRIPTION_CAP, FEATURE_DEF_CAP, TITLE_CAP, clean_text, data_block
 
 if TYPE_CHECKING:  # pragma: no cover
-    from offline.dataset import Ad
+    from offline.data.dataset import Ad
     from offline.pipeline import Prepared
 
 KINDS = ("enhanced", "diminished", "neutralized")
@@ -266,7 +266,7 @@ class StudyFailed(RuntimeError):
 # -------------------------------------------------------------------------------- the study
 def _target(ad: "Ad", features: Sequence[tuple[str, str]]) -> tuple[int, str] | None:
     """(feature index, term) of the ad's target feature, or None (see the module docstring)."""
-    from offline.evaluate import derived_key_features
+    from offline.evaluation.protocol import derived_key_features
 
     t, _ = derived_key_features(ad, features)
     if t is None or not getattr(ad, "category", ""):
@@ -285,9 +285,9 @@ def run_study(prep: "Prepared", generator: Any, rewriter: Rewriter, embedder: An
     be studied, StudyFailed when every case failed. Returns a JSON-ready
     dict: per kind accuracy / n / mean weight change, the skipped cases with their reasons, and
     every case (ad, kind, target feature, texts, weights before and after)."""
-    from offline.generate import Neighbour
+    from offline.generators.llm import Neighbour
     from offline.pipeline import neighbour_lists
-    from offline.retrieve import NeighbourIndex
+    from offline.stages.retrieve import NeighbourIndex
 
     bad = [kd for kd in kinds if kd not in KINDS]
     if bad or not kinds:
@@ -397,7 +397,7 @@ def write_report(result: dict[str, Any], dataset: str, out_dir: str | Path) -> l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "robustness.md", out / "robustness.json"
-    from offline.evaluate import save_json
+    from offline.evaluation.protocol import save_json
 
     md.write_text(markdown(result, dataset))
     save_json(result, js)  # non-finite numbers become null

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from offline.cache import atomic_write_bytes
-from offline.features import check_user_matrix, validate_features
+from offline.data.cache import atomic_write_bytes
+from offline.data.features import check_user_matrix, validate_features
 
 WEIGHTS_FORMAT = "llmhyper.weights/1"
 USERS_FORMAT = "llmhyper.users/1"

@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 import lmdb
 import numpy as np
 
-from llmhyper.store_validate import (
+from llmhyper.store.validate import (
     InvalidWeights,
     PublishError,
     StoreError,

@@ -1,11 +1,5 @@
-"""``llmhyper evaluate``: the cold-start evaluation (offline/evaluate.py) from the command line.
+"""``llmhyper evaluate``: the cold-start evaluation protocol (offline/evaluation) from the command line.
 
-Wiring (integrator, in llmhyper/cli.py)::
-
-    from llmhyper import evaluate_cmd
-    evaluate_cmd.register(command)       # with cli.command, the subcommand registry decorator
-
-``register`` also accepts an ``argparse`` subparsers object (``register(subparsers)``).
 Offline code is imported only inside the handler.
 
 Examples::
@@ -21,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Any
+
+from llmhyper.cli.registry import command
 
 
 def _bool_list(text: str) -> tuple[bool, ...]:
@@ -75,7 +71,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: run the evaluation and write the report; exit 0, 2 on bad input, 1 on failure."""
-    from offline.evaluate import BASE_METHODS, EvalConfig, evaluate
+    from offline.evaluation.protocol import BASE_METHODS, EvalConfig, evaluate
 
     def bad(msg: str) -> int:
         print(f"llmhyper evaluate: error: {msg}", file=sys.stderr)
@@ -136,16 +132,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(target: Any) -> None:
-    """Add ``evaluate`` to the CLI: ``target`` is llmhyper.cli.command (the registry decorator
-    factory) or an argparse subparsers object."""
-    help_text = "evaluate cold-start methods on a dataset (docs/EVALUATION.md protocol)"
-    if hasattr(target, "add_parser"):
-        p = target.add_parser("evaluate", help=help_text, description=help_text)
-        configure(p)
-        p.set_defaults(_run=run, _parser=p, func=run)
-        return
-    if callable(target):
-        target("evaluate", help_text, configure=configure)(run)
-        return
-    raise TypeError(f"register needs cli.command or an argparse subparsers object, got {type(target).__name__}")
+HELP = "evaluate cold-start methods on a dataset (docs/EVALUATION.md protocol)"
+command("evaluate", HELP, configure=configure)(run)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmhyper.cli import CLIError, RuntimeFailure, command
+from llmhyper.cli.registry import CLIError, RuntimeFailure, command
 
 
 # ---------------------------------------------------------------------- build
@@ -65,7 +64,7 @@ def _config_from_args(args: argparse.Namespace):
 
 def publish_result(result, store_path: str) -> str:
     """Publish a BuildResult's weights and its user table in one transaction; returns the new version id."""
-    from llmhyper.store import StoreError, WeightStore
+    from llmhyper.store.weight_store import StoreError, WeightStore
 
     store = WeightStore(store_path, readonly=False)
     try:
@@ -158,8 +157,8 @@ def _free_port(host: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from offline.adapters.synthetic import make_synthetic
-    from offline.dataset import save_dataset
+    from offline.data.adapters.synthetic import make_synthetic
+    from offline.data.dataset import save_dataset
     from offline.pipeline import BuildConfig, build
 
     root = Path(args.dir).resolve()
@@ -175,7 +174,7 @@ def _demo(args: argparse.Namespace) -> int:
     art = result.artifact
 
     # How good are the cold-start weights? Compare with the ground truth the world was drawn from.
-    from offline.metrics import auc
+    from offline.evaluation.metrics import auc
 
     ds_ids = {a.ad_id: i for i, a in enumerate(world.ads)}
     rows = np.array([ds_ids[a] for a in art.ad_ids])

@@ -26,12 +26,12 @@ import numpy as np
 
 from offline.llm.base import LLMBackend
 from offline.llm.retrying import CallFailed, RetryingLLM, new_cost
-from offline.llm_cache import ad_content_hash, answer_key
-from offline.parse import ParsedAnswer, parse_weights
-from offline.prompts import PROMPT_VERSION, PromptConfig, build_prompt, feature_batches, scan_ad_text
+from offline.llm.cache import ad_content_hash, answer_key
+from offline.llm.parse import ParsedAnswer, parse_weights
+from offline.llm.prompts import PROMPT_VERSION, PromptConfig, build_prompt, feature_batches, scan_ad_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from offline.dataset import Ad
+    from offline.data.dataset import Ad
 
 
 @dataclass

@@ -160,7 +160,7 @@ def plots(result: dict, out: Path) -> list[str]:
 
 def write_reports(result: dict[str, Any], out_dir: str | Path) -> list[str]:
     """Write results.md, results.json and the PNG plots into ``out_dir`` (created)."""
-    from offline.evaluate import save_json
+    from offline.evaluation.protocol import save_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from offline.features import BIAS_NAME, validate_features
+from offline.data.features import BIAS_NAME, validate_features
 
 ADS_COLUMNS = ("ad_id", "title", "description", "image_path", "image_caption", "category", "launched_at")
 INTERACTION_COLUMNS = ("user_id", "ad_id", "clicked", "timestamp")

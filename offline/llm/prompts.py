@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from offline.dataset import Ad
-    from offline.generate import Neighbour
+    from offline.data.dataset import Ad
+    from offline.generators.llm import Neighbour
 
 PROMPT_VERSION = "llmhyper-prompt-v1"
 
