@@ -30,7 +30,7 @@ import pytest
 from llmhyper._proto import ranker_pb2 as pb
 from llmhyper._proto import ranker_pb2_grpc as pb_grpc
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO  # noqa: E402
 M, F, N_USERS, TOP_K, BATCH = 120, 64, 2000, 10, 256
 RESULTS: dict[str, float] = {}
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from conftest import REPO, cli_env  # tests/conftest.py (tests/ is on sys.path; this dir is a package)
+from tests.helpers import REPO, cli_env  # tests/conftest.py (tests/ is on sys.path; this dir is a package)
 
 LOADGEN = Path(__file__).with_name("loadgen.py")
 

@@ -20,7 +20,7 @@ import numpy as np
 from offline.generators.llm import LLMGenerator, generate_all
 from offline.llm.base import QuotaExhausted
 from offline.llm.gemini import GeminiBackend
-from tests.test_generate import FEATS, make_catalog
+from tests.helpers import FEATS, make_catalog
 
 N_ADS, N_SAMPLES, BATCH, WORKERS = 8, 2, 4, 2
 BACKOFF_BASE, BACKOFF_CAP, MAX_RETRIES = 0.05, 0.5, 6

@@ -11,7 +11,7 @@ import time
 import grpc
 import numpy as np
 
-from conftest import wait_for
+from tests.helpers import wait_for
 from llmhyper.client import RankerClient, RankerError
 
 N_PER_METHOD = 10

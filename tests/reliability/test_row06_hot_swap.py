@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from conftest import make_world, publish_world
+from tests.helpers import make_world, publish_world
 from llmhyper.client import RankerClient, RankerError
 from llmhyper.store.weight_store import WeightStore
 from scoring import reference as ref

@@ -23,12 +23,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env, make_world, publish_world
+from tests.helpers import REPO, cli_env, make_world, publish_world
 from llmhyper.client import RankerClient
 from llmhyper.store.weight_store import PublishError, WeightStore
 
 from . import store_procs
-from tests.test_store_crash import assert_complete  # same version encoding as store_procs
+from tests.store.test_store_crash import assert_complete  # same version encoding as store_procs
 
 from .store_procs import F, rows
 

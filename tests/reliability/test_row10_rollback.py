@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from conftest import make_world, publish_world, run_cli
+from tests.helpers import make_world, publish_world, run_cli
 from llmhyper.client import RankerClient
 from llmhyper.store.weight_store import WeightStore
 

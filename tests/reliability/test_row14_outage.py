@@ -18,11 +18,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env
+from tests.helpers import REPO, cli_env
 from offline.generators.llm import generate_all
 from offline.llm.cache import AnswerCache
 from tests.fakes.llm_server import FakeLLMServer
-from tests.test_generate import FEATS, make_catalog
+from tests.helpers import FEATS, make_catalog
 
 from . import llm_job
 

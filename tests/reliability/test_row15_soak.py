@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_world, publish_world
+from tests.helpers import make_world, publish_world
 from llmhyper.client import RankerClient, RankerError
 from llmhyper.store.weight_store import WeightStore
 

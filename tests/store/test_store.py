@@ -22,7 +22,7 @@ from llmhyper.store.weight_store import (
     WeightStore,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO  # noqa: E402
 
 
 def feats(F: int) -> list[tuple[str, str]]:

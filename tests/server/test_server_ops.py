@@ -9,11 +9,9 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import make_world, publish_world, wait_for
+from tests.helpers import make_world, publish_world, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llmhyper._proto import ranker_pb2 as pb
-from llmhyper._proto import ranker_pb2_grpc as pb_grpc
 from llmhyper.client import RankerClient, RankerError
 from llmhyper.store.weight_store import WeightStore
 from scoring import reference as ref

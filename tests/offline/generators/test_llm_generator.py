@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,29 +20,8 @@ from offline.llm.openai_compat import OpenAICompatBackend
 from offline.llm.cache import AnswerCache
 from offline.llm.prompts import SYSTEM_PROMPT, clean_text
 
-try:
-    from tests.fakes.llm_server import POISON, FakeLLMServer
-except ImportError:  # tests/ not a package: pytest puts tests/ itself on sys.path
-    from fakes.llm_server import POISON, FakeLLMServer
-
-REPO = Path(__file__).resolve().parents[1]
-FEATS = [("bias", "intercept: 1 for every user")] + [(f"f{i}", f"engagement with topic {i}") for i in range(1, 11)]
-SMALL = FEATS[:5]  # bias + 4 features: one batch of 4
-
-
-def make_catalog(n_ads=4, k=5, F=len(FEATS), seed=0):
-    """Cold ads and their neighbours (warm ads with random trained weights), deterministic."""
-    rng = np.random.default_rng(seed)
-    ads, nbs = [], []
-    for i in range(n_ads):
-        ads.append(Ad(f"cold{i}", f"Cold ad number {i}", f"Description {i}", None, f"caption {i}", "toys", 0.0))
-        nbs.append([
-            Neighbour(Ad(f"warm{i}_{j}", f"Warm ad {i}-{j}", "", None, f"warm caption {j}", "toys"),
-                      rng.normal(0, 0.8, F).astype(np.float32), round(0.95 - 0.1 * j - 0.01 * i, 4))
-            for j in range(k)
-        ])
-    return ads, nbs
-
+from tests.fakes.llm_server import POISON, FakeLLMServer
+from tests.helpers import FEATS, REPO, SMALL, make_catalog
 
 def rule(nbs, cols, shots=5):
     """Independent twin of the fake server's answer rule: similarity-weighted mean of the shown
@@ -283,7 +261,7 @@ def test_auth_error_stops_job(server, tmp_path):
 CHILD = r"""
 import sys
 sys.path.insert(0, {repo!r})
-from tests.test_generate import make_catalog, FEATS
+from tests.helpers import make_catalog, FEATS
 from offline.generators.llm import LLMGenerator, generate_all
 from offline.llm.gemini import GeminiBackend
 ads, nbs = make_catalog(4)

@@ -1,7 +1,6 @@
 """The LLM-HYPER variants run through the evaluation harness against the local fake LLM server
 (OpenAI-compatible route): one variant, calibrated and not, on the synthetic data set."""
 
-import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
 

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from llmhyper.store.weight_store import WeightStore
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO  # noqa: E402
 F = 64
 
 

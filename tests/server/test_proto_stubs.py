@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, cli_env
+from tests.helpers import REPO, cli_env
 
 from llmhyper import genproto
 from llmhyper._proto import ranker_pb2 as pb

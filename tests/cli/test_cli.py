@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, cli_env, make_world, publish_world, run_cli, wait_for
+from tests.helpers import REPO, cli_env, make_world, publish_world, run_cli, wait_for
 
 from llmhyper.client import RankerClient, RankerError
 from llmhyper.store.weight_store import WeightStore

@@ -16,10 +16,7 @@ from offline.llm.gemini import GeminiBackend
 from offline.llm.openai_compat import OpenAICompatBackend
 from offline.llm.prompts import weights_schema
 
-try:
-    from tests.fakes.llm_server import FakeLLMServer
-except ImportError:  # tests/ not a package: pytest puts tests/ itself on sys.path
-    from fakes.llm_server import FakeLLMServer
+from tests.fakes.llm_server import FakeLLMServer
 
 USER = (
     "## Features\n<<<DATA features>>>\n"

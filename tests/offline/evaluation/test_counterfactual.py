@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from tests.helpers import run_cli
 
 from offline.evaluation.counterfactual import (KINDS, GenreRewriter, LLMRewriter, RewriteFailed, expected_move, listed_genres,
                                     parse_rewrite, rewrite_prompt)
