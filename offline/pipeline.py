@@ -24,6 +24,7 @@ import numpy as np
 from offline.data.artifact import UserTable, WeightArtifact
 from offline.data.cache import content_hash, load_npy, save_npy_atomic
 from offline.data.dataset import Dataset, Split, load_dataset
+from offline.errors import InputError
 
 GENERATORS = ("knn", "knn-raw", "gemini", "openai")
 ON_FAILURE = ("fallback", "exclude", "abort")
@@ -148,7 +149,7 @@ def load_source(spec: str) -> Dataset:
         return load_movielens(movielens_path(arg or None))
     path = Path(spec)
     if not path.is_dir():
-        raise ValueError(
+        raise InputError(
             f"dataset {spec!r} is neither a directory in the dataset layout nor one of "
             "'synthetic[:SEED]', 'movielens-100k[:PATH]'")
     return load_dataset(path)

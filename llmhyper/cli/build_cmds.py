@@ -89,10 +89,13 @@ def _build(args: argparse.Namespace) -> int:
     if args.no_publish and not args.out:
         raise CLIError("--no-publish needs --out FILE, or the build result would be thrown away")
     cfg = _config_from_args(args)
+    from offline.errors import InputError
     from offline.pipeline import BuildError, build
 
     try:
         result = build(cfg, quiet=args.quiet)
+    except InputError as e:  # malformed dataset or missing path: the caller's input, exit 2
+        raise CLIError(f"bad input, nothing published: {e}") from None
     except (BuildError, ValueError) as e:
         raise RuntimeFailure(f"build failed, nothing published: {e}") from None
     if args.out:

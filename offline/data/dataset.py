@@ -71,6 +71,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from offline.data.features import BIAS_NAME, validate_features
+from offline.errors import InputError
 
 ADS_COLUMNS = ("ad_id", "title", "description", "image_path", "image_caption", "category", "launched_at")
 INTERACTION_COLUMNS = ("user_id", "ad_id", "clicked", "timestamp")
@@ -78,7 +79,7 @@ FEATURE_COLUMNS = ("name", "definition")
 FILES = ("dataset.json", "ads.csv", "interactions.csv", "users.csv", "features.csv")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset violates the layout; the message names the file, line and value."""
 
 

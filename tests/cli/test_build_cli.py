@@ -77,9 +77,34 @@ def test_build_bad_arguments_exit_2_with_message(argv, needle, tmp_path: Path, c
     monkeypatch.chdir(tmp_path)
     code = main(argv)
     err = capsys.readouterr().err
-    assert code in (1, 2) and needle in err
-    if needle != "neither a directory":
-        assert code == 2
+    assert code == 2 and needle in err
+
+
+@pytest.mark.parametrize("column, bad, needle", [
+    ("users", "nan", "users.csv"),
+    ("interactions", "no_such_ad", "no_such_ad"),
+    ("ads", "not-a-time", "not-a-time"),
+])
+def test_build_on_a_malformed_dataset_exits_2_naming_it(column, bad, needle, tmp_path: Path, capsys) -> None:
+    """A malformed dataset is the caller's input: exit 2 with the file or value named, nothing published."""
+    import csv
+
+    from offline.data.adapters.synthetic import make_synthetic
+    from offline.data.dataset import save_dataset
+
+    ds, _ = make_synthetic(seed=1)
+    root = tmp_path / "ds"
+    save_dataset(ds, root)
+    path = root / f"{column}.csv"
+    rows = list(csv.reader(path.open(newline="")))
+    target = rows[0].index({"users": rows[0][1], "interactions": "ad_id", "ads": "launched_at"}[column])
+    rows[1][target] = bad
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    store = tmp_path / "store"
+    assert main(["build", "--dataset", str(root), "--store", str(store), "--quiet"]) == 2
+    assert needle in capsys.readouterr().err
+    assert not store.exists() or _store_versions(store) == []
 
 
 def test_bad_config_key_is_named(tmp_path: Path, capsys) -> None:

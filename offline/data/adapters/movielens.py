@@ -27,6 +27,7 @@ import numpy as np
 
 from offline.data.cache import file_sha256
 from offline.data.dataset import Ad, Dataset, DatasetError, save_dataset
+from offline.errors import InputError
 from offline.data.features import BIAS_DESCRIPTION, BIAS_NAME
 
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -41,7 +42,7 @@ MIN_RATINGS = 5
 REQUIRED_FILES = ("u.data", "u.item", "u.user", "u.genre", "u.occupation")
 
 
-class MovieLensNotFound(FileNotFoundError):
+class MovieLensNotFound(InputError, FileNotFoundError):
     """The MovieLens 100K directory (or one of its files) is missing."""
 
 
