@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -311,7 +311,7 @@ def make_generator(cfg: BuildConfig):
 
         return ContentKNNGenerator(**opts)
     if cfg.generator == "knn-raw":
-        return generate.KNNGenerator(**opts)
+        return generate.RawKNNGenerator(**opts)
     backend = make_backend(cfg.generator, {k: opts.pop(k) for k in list(opts) if k in BACKEND_KEYS})
     opts.setdefault("cache_dir", str(Path(cfg.work_dir) / "llm-cache"))
     opts.setdefault("use_caption", cfg.use_caption)
@@ -321,7 +321,7 @@ def make_generator(cfg: BuildConfig):
 
 def neighbour_lists(prep: Prepared, rows: Sequence[int] | None = None) -> list[list]:
     """The Neighbour objects (ad, trained theta, similarity, observed CTR) of each cold ad."""
-    from offline.generators.llm import Neighbour
+    from offline.generators.types import Neighbour
 
     ds, split = prep.dataset, prep.split
     rows = range(len(split.cold)) if rows is None else rows
@@ -335,7 +335,7 @@ def neighbour_lists(prep: Prepared, rows: Sequence[int] | None = None) -> list[l
 
 def generate_cold(prep: Prepared, generator, quiet: bool = True) -> list:
     """Run ``generator`` for every cold ad (resumable for LLM generators); list of Generated."""
-    from offline.generators.llm import generate_all
+    from offline.generators.job import generate_all
 
     return generate_all(generator, prep.cold_ads, neighbour_lists(prep), prep.dataset.features,
                         progress=not quiet)

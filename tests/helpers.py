@@ -173,7 +173,7 @@ SMALL = FEATS[:5]  # bias + 4 features: one batch of 4
 def make_catalog(n_ads=4, k=5, F=len(FEATS), seed=0):
     """Cold ads and their neighbours (warm ads with random trained weights), deterministic."""
     from offline.data.dataset import Ad
-    from offline.generators.llm import Neighbour
+    from offline.generators.types import Neighbour
 
     rng = np.random.default_rng(seed)
     ads, nbs = [], []

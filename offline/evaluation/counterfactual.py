@@ -285,7 +285,7 @@ def run_study(prep: "Prepared", generator: Any, rewriter: Rewriter, embedder: An
     be studied, StudyFailed when every case failed. Returns a JSON-ready
     dict: per kind accuracy / n / mean weight change, the skipped cases with their reasons, and
     every case (ad, kind, target feature, texts, weights before and after)."""
-    from offline.generators.llm import Neighbour
+    from offline.generators.types import Neighbour
     from offline.pipeline import neighbour_lists
     from offline.stages.retrieve import NeighbourIndex
 

@@ -14,7 +14,7 @@ Methods (names used in the report):
   lrcold        element-wise median of the retired weights
   popularity    intercept only, from the neighbours' mean CTR
   embedding     EmbT5-style: cosine(user text profile, ad embedding), retired data only
-  knn-raw       production ``KNNGenerator`` defaults (softmax over similarity), uncalibrated
+  knn-raw       production ``RawKNNGenerator`` defaults (softmax over similarity), uncalibrated
   knn-raw+cal   the same with unit-norm + intercept shift (paper eq. 2)
   default       the improved deterministic generator (offline.generators.content_knn.ContentKNNGenerator)
   llm[...]      LLM-HYPER variants (``generator='gemini'|'openai'``): shots x caption, each
@@ -205,7 +205,7 @@ class Evaluator:
     def _deterministic(self) -> dict[str, np.ndarray]:
         """Seed-independent uncalibrated weights: lrcold, popularity, knn-raw."""
         from offline.generators.content_knn import LRColdGenerator, PopularityGenerator
-        from offline.generators.llm import KNNGenerator
+        from offline.generators.knn import RawKNNGenerator
 
         out = {}
         ms = self.cfg.methods
@@ -214,17 +214,17 @@ class Evaluator:
         if "popularity" in ms:
             out["popularity"] = _thetas(self._generate(PopularityGenerator()), lambda c: None)[0]
         if "knn-raw" in ms or "knn-raw+cal" in ms:
-            gen = KNNGenerator(k=10)
+            gen = RawKNNGenerator(k=10)
             out["knn-raw"] = _thetas(self._generate(gen), lambda c: None)[0]
         return out
 
     def _llm_variants(self) -> dict[str, np.ndarray]:
         """Uncalibrated LLM weights per (shots, caption) variant; failed ads fall back to knn-raw."""
-        from offline.generators.llm import KNNGenerator
+        from offline.generators.knn import RawKNNGenerator
 
         out: dict[str, np.ndarray] = {}
         self.llm_info: dict[str, dict] = {}
-        knn = KNNGenerator(k=10)
+        knn = RawKNNGenerator(k=10)
         feats = self.ds.features
         for shots in self.cfg.llm_shots:
             for cap in self.cfg.llm_captions:

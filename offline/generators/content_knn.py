@@ -47,7 +47,8 @@ import numpy as np
 from scipy.special import expit, logit
 
 from offline.stages.calibrate import solve_shift
-from offline.generators.llm import Generated, KNNGenerator, Neighbour, check_neighbours
+from offline.generators.knn import RawKNNGenerator
+from offline.generators.types import Generated, Neighbour, check_neighbours
 
 if TYPE_CHECKING:  # pragma: no cover
     from offline.data.dataset import Ad
@@ -565,7 +566,7 @@ class ContentKNNGenerator:
         check_neighbours(ad, neighbours, F)
         order = sorted(range(len(neighbours)), key=lambda i: (-float(neighbours[i].similarity), i))[: c.k]
         T = np.stack([np.asarray(neighbours[i].theta, dtype=np.float64) for i in order])
-        w = KNNGenerator(temperature=c.temperature).mix_weights(
+        w = RawKNNGenerator(temperature=c.temperature).mix_weights(
             np.array([float(neighbours[i].similarity) for i in order]))
         theta = w @ T
         if c.drift:
@@ -649,7 +650,7 @@ def pseudo_cold_validation(prep: "Prepared", configs: dict[str, dict], frac: flo
             ad = ds.ads[sp.warm[j]]
             if raw:
                 k, t = opts.get("k", 10), opts.get("temperature", 0.05)
-                w = KNNGenerator(k=k, temperature=t).mix_weights(np.array([nb.similarity for nb in nbs[:k]]))
+                w = RawKNNGenerator(k=k, temperature=t).mix_weights(np.array([nb.similarity for nb in nbs[:k]]))
                 thetas[r] = w @ np.stack([nb.theta for nb in nbs[:k]])
             else:
                 thetas[r] = gen.generate(ad, nbs, feats).theta
@@ -862,7 +863,7 @@ def score_fold(prep: "Prepared", fold: ValidationFold, opts: dict, k_retrieve: i
             thetas[r, 0] = float(_logit_ctr(np.array([np.mean([nb.mean_ctr for nb in nbs])]))[0])
         elif raw:
             k, t = opts.get("k", 10), opts.get("temperature", 0.05)
-            wt = KNNGenerator(k=k, temperature=t).mix_weights(np.array([nb.similarity for nb in nbs[:k]]))
+            wt = RawKNNGenerator(k=k, temperature=t).mix_weights(np.array([nb.similarity for nb in nbs[:k]]))
             thetas[r] = wt @ np.stack([nb.theta for nb in nbs[:k]])
         else:
             thetas[r] = gen.generate(ds.ads[sp.warm[j]], nbs, feats).theta

@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from offline.generators.llm import LLMGenerator, generate_all
+from offline.generators.job import generate_all
+from offline.generators.llm import LLMGenerator
 from offline.llm.base import QuotaExhausted
 from offline.llm.gemini import GeminiBackend
 from tests.helpers import FEATS, make_catalog

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, cli_env
-from offline.generators.llm import generate_all
+from offline.generators.job import generate_all
 from offline.llm.cache import AnswerCache
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import FEATS, make_catalog

@@ -14,7 +14,7 @@ from offline.evaluation import metrics as M
 from offline.generators.content_knn import (ContentEncoder, ContentKNNGenerator, content_year, effective_size,
                                   shift_weights, weighted_auc, weighted_metrics)
 from offline.data.dataset import Ad
-from offline.generators.llm import Neighbour
+from offline.generators.types import Neighbour
 
 DAY = 86400.0
 T0 = 880_000_000.0  # unix s, late 1997
@@ -210,7 +210,7 @@ def test_auto_drift_turns_drift_off_where_weights_do_not_drift(tmp_path):
     from offline import pipeline
     from offline.evaluation import metrics
     from offline.generators.content_knn import ContentKNNGenerator
-    from offline.generators.llm import KNNGenerator
+    from offline.generators.knn import RawKNNGenerator
 
     ds = pipeline.load_source("synthetic")
     prep = pipeline.prepare(ds, pipeline.BuildConfig(dataset="synthetic", work_dir=str(tmp_path)), quiet=True)
@@ -231,7 +231,7 @@ def test_auto_drift_turns_drift_off_where_weights_do_not_drift(tmp_path):
         th = np.stack([g.generate(prep.cold_ads[c], nl[c], ds.features).theta for c in range(len(nl))])
         return metrics.mean_per_ad_auc(Y, X @ th.T.astype(np.float64))
 
-    auto, drift, raw = per_ad(gen), per_ad(forced), per_ad(KNNGenerator(k=10))
+    auto, drift, raw = per_ad(gen), per_ad(forced), per_ad(RawKNNGenerator(k=10))
     assert auto > drift + 0.03 and auto >= raw - 0.005, (auto, drift, raw)
 
 

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 from offline.data.dataset import Ad
-from offline.generators.llm import Generated, KNNGenerator, LLMGenerator, Neighbour, generate_all, partition_failed
+from offline.generators.job import generate_all, partition_failed
+from offline.generators.knn import RawKNNGenerator
+from offline.generators.llm import LLMGenerator
+from offline.generators.types import Generated, Neighbour
 from offline.llm.base import FatalLLMError, QuotaExhausted
 from offline.llm.gemini import GeminiBackend
 from offline.llm.openai_compat import OpenAICompatBackend
@@ -59,9 +62,9 @@ def test_knn_matches_numpy_and_is_deterministic():
     T = np.stack([n.theta for n in nb]).astype(np.float64)
     s = np.array([n.similarity for n in nb])
     cases = {
-        KNNGenerator("softmax", temperature=0.1): np.exp((s - s.max()) / 0.1),
-        KNNGenerator("power", power=2.0): s ** 2,
-        KNNGenerator("uniform"): np.ones(5),
+        RawKNNGenerator("softmax", temperature=0.1): np.exp((s - s.max()) / 0.1),
+        RawKNNGenerator("power", power=2.0): s ** 2,
+        RawKNNGenerator("uniform"): np.ones(5),
     }
     for gen, w in cases.items():
         g = gen.generate(ads[0], nb, FEATS)
@@ -70,16 +73,16 @@ def test_knn_matches_numpy_and_is_deterministic():
         np.testing.assert_allclose(g.spread, np.sqrt(w @ (T - w @ T) ** 2), rtol=1e-5, atol=1e-7)
         g2 = gen.generate(ads[0], list(reversed(nb)), FEATS)
         assert g.theta.dtype == np.float32 and np.array_equal(g.theta, g2.theta)
-    top2 = KNNGenerator("uniform", k=2).generate(ads[0], nb, FEATS)
+    top2 = RawKNNGenerator("uniform", k=2).generate(ads[0], nb, FEATS)
     np.testing.assert_allclose(top2.theta, T[:2].mean(axis=0), rtol=1e-6)
     ads3, nbs3 = make_catalog(3)
-    batch = generate_all(KNNGenerator(), ads3, nbs3, FEATS, progress=False)
+    batch = generate_all(RawKNNGenerator(), ads3, nbs3, FEATS, progress=False)
     for a, n, g in zip(ads3, nbs3, batch):
-        assert np.array_equal(g.theta, KNNGenerator().generate(a, n, FEATS).theta)
+        assert np.array_equal(g.theta, RawKNNGenerator().generate(a, n, FEATS).theta)
     with pytest.raises(ValueError, match="neighbour"):
-        KNNGenerator().generate(ads[0], [], FEATS)
+        RawKNNGenerator().generate(ads[0], [], FEATS)
     with pytest.raises(ValueError, match="weighting"):
-        KNNGenerator("median")
+        RawKNNGenerator("median")
 
 
 # ------------------------------------------------------------------- LLM happy path
@@ -96,7 +99,7 @@ def test_llm_generate_all_gemini_and_cache_reuse(server, tmp_path, capsys):
     for ad, nb, g in zip(ads, nbs, res):
         assert g.failed is None and g.flags == []
         np.testing.assert_allclose(g.theta[1:], rule(nb, range(1, 11)), atol=1e-5)
-        assert g.theta[0] == KNNGenerator().generate(ad, nb, FEATS).theta[0]  # bias from neighbours
+        assert g.theta[0] == RawKNNGenerator().generate(ad, nb, FEATS).theta[0]  # bias from neighbours
         assert g.samples.shape == (2, 11) and np.all(g.spread == 0)
         assert g.cost["calls"] == 6 and g.cost["input_tokens"] > 0 and g.cost["retries"] == 0
         json.dumps(g.record())
@@ -194,7 +197,7 @@ def test_persistent_poison_marks_ad_failed(server, tmp_path):
     gen_knn = llm(server, tmp_path / "c", max_retries=1, n_samples=1, on_failure="knn")
     fb = gen_knn.generate(ads[1], nbs[1], FEATS)
     assert fb.failed and fb.fallback == "knn" and fb.usable
-    assert np.array_equal(fb.theta, KNNGenerator().generate(ads[1], nbs[1], FEATS).theta)
+    assert np.array_equal(fb.theta, RawKNNGenerator().generate(ads[1], nbs[1], FEATS).theta)
 
 
 # ------------------------------------------------------------------ outages, quota
@@ -262,7 +265,8 @@ CHILD = r"""
 import sys
 sys.path.insert(0, {repo!r})
 from tests.helpers import make_catalog, FEATS
-from offline.generators.llm import LLMGenerator, generate_all
+from offline.generators.job import generate_all
+from offline.generators.llm import LLMGenerator
 from offline.llm.gemini import GeminiBackend
 ads, nbs = make_catalog(4)
 gen = LLMGenerator(GeminiBackend("gemini-fake", api_key="k", base_url={url!r}, timeout_s=120), n_samples=2,
