@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmhyper.cli.common import GENERATOR_HELP
 from llmhyper.cli.registry import CLIError, RuntimeFailure, command
 
 
@@ -24,8 +25,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
                    help="dataset directory in the documented layout, 'synthetic[:SEED]' or 'movielens-100k[:PATH]' "
                         "(overrides the config)")
-    p.add_argument("--generator", choices=["knn", "knn-raw", "gemini", "openai"], default=None,
-                   help="weight generator (default: config, else knn, the deterministic non-LLM generator)")
+    p.add_argument("--generator", default=None,
+                   help=f"weight generator: {GENERATOR_HELP} (default: the config's, else knn-content)")
     p.add_argument("--model", default=None, help="LLM model name (gemini / openai generators)")
     p.add_argument("--base-url", default=None, help="LLM endpoint base URL (OpenAI-compatible server, or a Gemini proxy)")
     p.add_argument("--embedder", default=None, help="'minilm' or 'openclip:MODEL[:PRETRAINED_TAG_OR_CHECKPOINT]'")
@@ -171,13 +172,13 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"demo: synthetic world with {world.n_ads} ads, {world.n_users} users, "
           f"{len(world.features)} features written to {data_dir}", flush=True)
     cfg = BuildConfig(dataset=str(data_dir), embedder=args.embedder, work_dir=str(root / "work"),
-                      generator="knn", seed=args.seed)
+                      generator="knn-content", seed=args.seed)
     result = build(cfg, quiet=False)
     version = publish_result(result, str(root / "store"))
     art = result.artifact
 
     # How good are the cold-start weights? Compare with the ground truth the world was drawn from.
-    from offline.evaluation.metrics import auc
+    from offline.metrics import auc
 
     ds_ids = {a.ad_id: i for i, a in enumerate(world.ads)}
     rows = np.array([ds_ids[a] for a in art.ad_ids])

@@ -135,3 +135,8 @@ def parse_ids(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
+
+
+# The generator names, for --help only: the CLI must not import offline code to build its parser.
+# offline.generators.registry is the source of truth; tests/cli/test_cli.py checks this copy.
+GENERATOR_HELP = "knn-content (default; alias knn), knn-raw, gemini, openai"

@@ -71,6 +71,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: run the evaluation and write the report; exit 0, 2 on bad input, 1 on failure."""
+    from llmhyper.evaluation import StoreServing
     from offline.evaluation.protocol import BASE_METHODS, EvalConfig, evaluate
 
     def bad(msg: str) -> int:
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return bad(str(e))
     try:
-        result = evaluate(cfg)
+        result = evaluate(cfg, serving=StoreServing(cfg.work_dir))
     except FileNotFoundError as e:
         return bad(f"dataset not found: {e}")
     except ValueError as e:

@@ -4,9 +4,10 @@ One run: ``pipeline.load_source`` -> ``pipeline.prepare`` (time split, warm trai
 users, embeddings, neighbours; cached in the work dir) -> for every method its cold weights
 (``pipeline.generate_cold`` with the method's generator, ``pipeline.calibrate_cold`` where the
 method calibrates, the calibration user sample drawn from the seed's TRAINING users only) ->
-each method's weights published as a version of a real :class:`llmhyper.store.weight_store.WeightStore`
--> the held-out users scored from the store's zero-copy view with ``scoring.score_matrix`` and
-ranked with ``scoring.topk_batch`` -> metrics (offline/metrics.py). Per seed the users are split
+each method's weights published through the injected serving path (``llmhyper evaluate`` passes
+``llmhyper.evaluation.StoreServing``: a real LMDB store and a real gRPC server for latency; the
+default serves the matrix in memory, see offline/evaluation/serving.py) -> the held-out users
+scored from the served matrix with ``scoring.score_matrix`` and ranked with ``scoring.topk_batch`` -> metrics (offline/metrics.py). Per seed the users are split
 80/20 at random; LRwarm trains on the 80% for the cold ads; everything is scored on the 20%.
 
 Methods (names used in the report):
@@ -23,18 +24,16 @@ Methods (names used in the report):
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from offline.evaluation import metrics as M
+from offline import metrics as M
 from offline import pipeline
+from offline.evaluation.serving import InMemoryServing, ServingPath
 
 BASE_METHODS = ("lrwarm", "lrcold", "popularity", "embedding", "knn-raw", "knn-raw+cal", "default")
 COLD_BASELINES = ("lrcold", "popularity", "knn-raw")
@@ -175,15 +174,15 @@ def _thetas(generated: Sequence[Any], fallback: Callable[[int], np.ndarray]) -> 
 class Evaluator:
     """Runs the protocol for an :class:`EvalConfig`; ``run()`` returns the result dict."""
 
-    def __init__(self, cfg: EvalConfig, dataset: Any | None = None) -> None:
+    def __init__(self, cfg: EvalConfig, dataset: Any | None = None, serving: ServingPath | None = None) -> None:
         cfg.validate()
         self.cfg = cfg
         self.build_cfg = pipeline.BuildConfig(dataset=cfg.dataset, k=cfg.k, work_dir=cfg.work_dir,
                                               user_sample=cfg.user_sample)
         self.build_cfg.validate()
         self.dataset = dataset
-        self.store = None
-        self.versions: dict[str, dict[int, str]] = {}
+        self.serving: ServingPath = serving if serving is not None else InMemoryServing()
+        self.versions: dict[str, dict[int, Any]] = {}
 
     # -- stages --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -282,24 +281,12 @@ class Evaluator:
                 out[name] = MethodWeights(th)
         return out
 
-    def _open_store(self) -> None:
-        from llmhyper.store.weight_store import WeightStore
-
-        path = Path(self.cfg.work_dir) / "eval-store"
-        if path.exists():
-            shutil.rmtree(path)
-        self.store = WeightStore(path, map_size=64 << 20)
-        self.store.put_users(list(self.ds.user_ids), np.ascontiguousarray(self.ds.X, dtype=np.float32),
-                             list(self.ds.features))
-        self.store_path = path
-
     def _publish(self, method: str, seed: int, theta: np.ndarray) -> np.ndarray:
-        """Publish ``theta`` as a store version and return the store's zero-copy view of it."""
+        """Publish ``theta`` through the serving path and return the matrix it serves."""
         cold_ids = [self.ds.ads[i].ad_id for i in self.prep.split.cold]
-        v = self.store.publish(cold_ids, theta, list(self.ds.features),
-                               manifest={"generator": method, "seed": seed, "evaluation": True})
+        v, view = self.serving.publish(method, seed, cold_ids, theta)
         self.versions.setdefault(method, {})[seed] = v
-        return self.store.view(v).theta
+        return view
 
     def _score(self, theta_view: np.ndarray, X_te: np.ndarray,
                Y_te: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
@@ -337,7 +324,8 @@ class Evaluator:
         if cfg.generator:
             fixed.update(self._llm_variants())
         self.timings["generate_s"] = time.perf_counter() - t0
-        self._open_store()
+        self.serving.open(list(self.ds.user_ids), np.ascontiguousarray(self.ds.X, dtype=np.float32),
+                          list(self.ds.features))
         per_seed: dict[str, list[dict[str, float]]] = {}
         per_ad: dict[str, list[float]] = {}
         reliab: dict[str, dict[str, np.ndarray]] = {}
@@ -374,8 +362,7 @@ class Evaluator:
             self.timings["score_s"] = time.perf_counter() - t0
             latency = self._latency() if cfg.latency_users > 0 else {}
         finally:
-            if self.store is not None:
-                self.store.close()
+            self.serving.close()
         self.timings["total_s"] = time.perf_counter() - t_start
         summary = {name: summarise(rows) for name, rows in per_seed.items()}
         for name, lat in latency.items():
@@ -394,39 +381,16 @@ class Evaluator:
             "gap_closed": gap_closed(summary),
             "llm": getattr(self, "llm_info", {}),
             "timings": self.timings,
-            "store": str(self.store_path),
+            "store": self.serving.location,
         }
 
     def _latency(self) -> dict[str, dict[str, float]]:
-        """Per-user Rank latency (ms) of each linear method's seed-0 version through a real gRPC
-        server on 127.0.0.1 over the evaluation store, ranking by user id (top 10)."""
-        from llmhyper.client import RankerClient
-        from llmhyper.server import create_server
-
+        """Per-user Rank latency (ms) of each linear method's seed-0 version, measured by the
+        serving path (by user id, top 10, held-out users of seed 0); {} in memory."""
         _, te = user_split(self.ds.n_users, self.cfg.test_frac, 0)
         uids = [self.ds.user_ids[i] for i in te][: self.cfg.latency_users]
-        out: dict[str, dict[str, float]] = {}
-        server, port = create_server("127.0.0.1:0", self.store)
-        try:
-            with RankerClient(f"127.0.0.1:{port}", timeout=10.0) as cli:
-                cli.wait_until_serving(timeout=30.0)
-                for name, by_seed in self.versions.items():
-                    v = by_seed.get(0)
-                    if v is None:
-                        continue
-                    for u in uids[:5]:  # warm the connection and the pinned version
-                        cli.rank(u, top_k=10, version=v)
-                    ts = []
-                    for u in uids:
-                        t0 = time.perf_counter()
-                        cli.rank(u, top_k=10, version=v)
-                        ts.append((time.perf_counter() - t0) * 1e3)
-                    a = np.array(ts)
-                    out[name] = {"mean": float(a.mean()), "p50": float(np.median(a)),
-                                 "p99": float(np.percentile(a, 99)), "n": int(a.size)}
-        finally:
-            server.stop(0).wait(5)
-        return out
+        seed0 = {name: by_seed[0] for name, by_seed in self.versions.items() if 0 in by_seed}
+        return self.serving.latency(seed0, uids)
 
 
 def _nanmean(v: np.ndarray) -> float:
@@ -459,28 +423,14 @@ def gap_closed(summary: dict[str, dict]) -> dict[str, float]:
     return {n: (s["auc"]["mean"] - lo) / (hi - lo) for n, s in summary.items()}
 
 
-def evaluate(cfg: EvalConfig, dataset: Any | None = None, write: bool = True) -> dict[str, Any]:
+def evaluate(cfg: EvalConfig, dataset: Any | None = None, write: bool = True,
+             serving: ServingPath | None = None) -> dict[str, Any]:
     """Run the evaluation; with ``write`` also write the Markdown, JSON and PNG reports to
-    ``cfg.out_dir`` (see offline/report.py). Returns the result dict."""
-    result = Evaluator(cfg, dataset).run()
+    ``cfg.out_dir`` (see offline/evaluation/report.py). ``serving``: where weights are published
+    and latency measured (default in memory, no latency). Returns the result dict."""
+    result = Evaluator(cfg, dataset, serving).run()
     if write:
         from offline.evaluation.report import write_reports
 
         result["files"] = write_reports(result, cfg.out_dir)
     return result
-
-
-def save_json(result: dict, path: str | Path) -> None:
-    """Write a result dict as JSON (NaN written as null)."""
-    def clean(o: Any) -> Any:
-        if isinstance(o, float):
-            return o if np.isfinite(o) else None
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if isinstance(o, np.generic):
-            return clean(o.item())
-        return o
-
-    Path(path).write_text(json.dumps(clean(result), indent=1))

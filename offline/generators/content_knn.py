@@ -48,11 +48,11 @@ from scipy.special import expit, logit
 
 from offline.stages.calibrate import solve_shift
 from offline.generators.knn import RawKNNGenerator
-from offline.generators.types import Generated, Neighbour, check_neighbours
+from offline.types import Generated, Neighbour, check_neighbours
 
 if TYPE_CHECKING:  # pragma: no cover
     from offline.data.dataset import Ad
-    from offline.pipeline import Prepared
+    from offline.stages.prepared import Prepared
 
 DAY = 86400.0
 CTR_FLOOR = 1e-4
@@ -614,7 +614,7 @@ def pseudo_cold_validation(prep: "Prepared", configs: dict[str, dict], frac: flo
     """
     from scipy.stats import spearmanr
 
-    from offline.evaluation import metrics as M
+    from offline import metrics as M
 
     ds, sp = prep.dataset, prep.split
     lt = ds.launched_at[sp.warm]
@@ -720,7 +720,7 @@ def effective_size(w: np.ndarray) -> float:
 
 def weighted_auc(Y: np.ndarray, S: np.ndarray, w_ad: np.ndarray) -> float:
     """AUC over all (user, ad) pairs, each pair weighted by its ad's weight (ties count half).
-    Y 0/1 [N, A], S [N, A], w_ad [A] >= 0. Equals :func:`offline.evaluation.metrics.auc` for equal weights."""
+    Y 0/1 [N, A], S [N, A], w_ad [A] >= 0. Equals :func:`offline.metrics.auc` for equal weights."""
     Y = np.asarray(Y, dtype=np.float64)
     S = np.asarray(S, dtype=np.float64)
     w = np.broadcast_to(np.asarray(w_ad, dtype=np.float64)[None, :], Y.shape).ravel()
@@ -742,7 +742,7 @@ def weighted_metrics(Y: np.ndarray, S: np.ndarray, w_ad: np.ndarray, n_draws: in
     ``ndcg10`` (mean NDCG@10 over ``n_draws`` subsets of A // 2 ads drawn without replacement
     with probability ~ w: ranking needs a set of ads, so the set is resampled; the same draws for
     every call with the same seed, so configurations are compared on common random numbers)."""
-    from offline.evaluation import metrics as M
+    from offline import metrics as M
 
     w = np.asarray(w_ad, dtype=np.float64)
     pa = M.per_ad_auc(Y, S)
@@ -837,7 +837,7 @@ def score_fold(prep: "Prepared", fold: ValidationFold, opts: dict, k_retrieve: i
     ContentKNNGenerator options, or ``{"_raw": True, k, temperature}`` (plain softmax mix of
     neighbour weights), or ``{"_popularity": True}`` (intercept = logit of the neighbours' mean
     CTR, no user part)."""
-    from offline.evaluation import metrics as M
+    from offline import metrics as M
 
     ds, sp = prep.dataset, prep.split
     lt = ds.launched_at[sp.warm]

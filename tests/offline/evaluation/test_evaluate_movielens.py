@@ -24,12 +24,13 @@ def work_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(work_dir, tmp_path_factory):
+    from llmhyper.evaluation import StoreServing
     from offline.evaluation.protocol import EvalConfig, evaluate
 
     out = tmp_path_factory.mktemp("report")
     cfg = EvalConfig(dataset="movielens-100k", seeds=2, work_dir=work_dir, out_dir=str(out),
                      latency_users=20, quiet=True)
-    return evaluate(cfg)
+    return evaluate(cfg, serving=StoreServing(cfg.work_dir))
 
 
 def test_default_beats_cold_baselines(result):

@@ -10,11 +10,11 @@ from scipy.special import expit, logit
 from scipy.stats import spearmanr
 
 from offline.stages.calibrate import mean_ctr
-from offline.evaluation import metrics as M
+from offline import metrics as M
 from offline.generators.content_knn import (ContentEncoder, ContentKNNGenerator, content_year, effective_size,
                                   shift_weights, weighted_auc, weighted_metrics)
 from offline.data.dataset import Ad
-from offline.generators.types import Neighbour
+from offline.types import Neighbour
 
 DAY = 86400.0
 T0 = 880_000_000.0  # unix s, late 1997
@@ -208,7 +208,7 @@ def test_auto_drift_turns_drift_off_where_weights_do_not_drift(tmp_path):
     noise: the default generator's retired-only selection must switch drift off, and the result
     must then target at least as well as raw kNN on the active ads (per-ad AUC on real clicks)."""
     from offline import pipeline
-    from offline.evaluation import metrics
+    from offline import metrics
     from offline.generators.content_knn import ContentKNNGenerator
     from offline.generators.knn import RawKNNGenerator
 

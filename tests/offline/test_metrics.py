@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu, rankdata
 
-from offline.evaluation import metrics as M
+from offline import metrics as M
 
 
 def scipy_auc(y, s):
