@@ -59,7 +59,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
                    help="extra generator option (repeatable), e.g. --option batch_size=8")
     p.add_argument("--default-option", action="append", default=[], metavar="KEY=JSON",
-                   help="option of the default generator (repeatable), e.g. --default-option stack_meta='\"year\"'"
+                   help="option of the default generator (repeatable), e.g. --default-option stack_frac=0.1"
                         " to score a variant of it through the same harness")
     p.add_argument("--latency-users", type=int, default=200,
                    help="held-out users sent as gRPC Rank calls per method (0 = skip)")

@@ -203,7 +203,7 @@ class Evaluator:
 
     def _deterministic(self) -> dict[str, np.ndarray]:
         """Seed-independent uncalibrated weights: lrcold, popularity, knn-raw."""
-        from offline.generators.content_knn import LRColdGenerator, PopularityGenerator
+        from offline.generators.baselines import LRColdGenerator, PopularityGenerator
         from offline.generators.knn import RawKNNGenerator
 
         out = {}
@@ -251,7 +251,8 @@ class Evaluator:
 
     def _seed_weights(self, seed: int, tr: np.ndarray, te: np.ndarray, fixed: dict[str, np.ndarray]) -> dict[str, MethodWeights]:
         from offline.stages import train
-        from offline.generators.content_knn import ContentKNNGenerator, embedding_scores
+        from offline.generators.baselines import embedding_scores
+        from offline.generators.content_knn import ContentKNNGenerator
 
         ds, prep, ms = self.ds, self.prep, self.cfg.methods
         out: dict[str, MethodWeights] = {}

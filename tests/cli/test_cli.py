@@ -235,10 +235,10 @@ def test_evaluate_default_option_errors_exit_2_before_any_work(tmp_path):
     out = tmp_path / "report"
     r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "nope=1", "--out", str(out))
     assert r.returncode == 2 and "unknown ContentKNNGenerator option 'nope'" in r.stderr
-    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "stack_meta", "--out", str(out))
+    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "intercept", "--out", str(out))
     assert r.returncode == 2 and "--default-option must be KEY=JSON" in r.stderr
-    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "stack_meta=genre", "--out", str(out))
-    assert r.returncode == 2 and "stack_meta must be" in r.stderr
+    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "intercept=genre", "--out", str(out))
+    assert r.returncode == 2 and "intercept must be one of" in r.stderr
     assert not out.exists()
 
 

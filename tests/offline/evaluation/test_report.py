@@ -24,6 +24,6 @@ def test_default_row_and_gap():
 
 
 def test_variant_of_the_default_is_labelled_as_such():
-    md = markdown(_result({"stack_meta": "year", "stack_l2": 1}))
+    md = markdown(_result({"stack_frac": 0.1, "stack_l2": 1}))
     assert "**default: knn-content (ours)**" not in md
-    assert "knn-content VARIANT (stack_l2=1, stack_meta='year'), not the default" in md
+    assert "knn-content VARIANT (stack_frac=0.1, stack_l2=1), not the default" in md
