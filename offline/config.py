@@ -40,9 +40,9 @@ def _describe(model: str, e: ValidationError) -> str:
 
 
 class StrictConfig(BaseModel):
-    """Strict types (no "5" for 5, no 1 for True), no unknown keys, checked on assignment."""
+    """Strict types (no "5" for 5, no 1 for True), finite numbers, no unknown keys, checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
     def __init__(self, **data: Any) -> None:
         try:
