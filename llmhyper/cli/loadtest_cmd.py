@@ -27,6 +27,8 @@ def _loadtest_args(p: argparse.ArgumentParser) -> None:
     shape.add_argument("--concurrency", type=int, default=None, help="closed loop: callers over all processes")
     shape.add_argument("--procs", type=int, default=1, help="load-generator processes (default 1)")
     shape.add_argument("--connections", type=int, default=1, help="gRPC connections per process (default 1)")
+    shape.add_argument("--max-inflight", type=int, default=64,
+                       help="open loop: most calls in flight per process (sender threads; default 64)")
     shape.add_argument("--duration", type=float, default=None, help="measured seconds (default 10 unless --calls)")
     shape.add_argument("--calls", type=int, default=None, help="measured calls (instead of --duration)")
     shape.add_argument("--warmup", type=float, default=0.0, help="seconds of unmeasured load first (default 0)")
@@ -51,12 +53,14 @@ def _spec(args: argparse.Namespace, ad: str | None = None) -> Any:
 
     from llmhyper.loadtest.spec import LoadSpec, option_error
 
-    fields = dict(target=args.target, method=args.method, rate=args.rate, concurrency=args.concurrency,
-                  procs=args.procs, connections=args.connections, duration=args.duration, calls=args.calls,
-                  warmup=args.warmup, timeout=args.timeout, top_k=args.top_k, batch_size=args.batch_size,
-                  ad=ad if ad is not None else args.ad, send=args.send, tls_ca=args.tls_ca,
-                  tls_cert=args.tls_cert, tls_key=args.tls_key, tls_server_name=args.tls_server_name,
-                  token=args.token or os.environ.get("LLMHYPER_TOKEN") or None)
+    fields = {
+        "target": args.target, "method": args.method, "rate": args.rate, "concurrency": args.concurrency,
+        "procs": args.procs, "connections": args.connections, "max_inflight": args.max_inflight,
+        "duration": args.duration, "calls": args.calls, "warmup": args.warmup, "timeout": args.timeout,
+        "top_k": args.top_k, "batch_size": args.batch_size, "ad": ad if ad is not None else args.ad,
+        "send": args.send, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "tls_server_name": args.tls_server_name, "token": args.token or os.environ.get("LLMHYPER_TOKEN") or None,
+    }
     try:
         return LoadSpec(**fields)
     except ValidationError as e:
@@ -124,8 +128,9 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 def _format(r: dict[str, Any]) -> str:
     """The report as a few readable lines and two tables."""
-    lines = [f"{r['method']} -> {r['target']}: {r['mode']} loop, {r['procs']} process(es), "
-             f"users {r['users']['source']} ({r['users']['count']}, sent as {r['users']['sent_as']})"]
+    head = (f"{r['method']} -> {r['target']}: {r['mode']} loop, {r['procs']} process(es), "
+            f"users {r['users']['source']} ({r['users']['count']}, sent as {r['users']['sent_as']})")
+    lines = [head]
     rate = f"{r['throughput_per_s']:.1f} calls/s"
     if r["target_rate_per_s"]:
         rate += f" (target {r['target_rate_per_s']:g}/s, {100 * r['rate_ratio']:.1f}%)"

@@ -2,7 +2,8 @@
 ``m*B .. m*B+B-1`` modulo N). Requests are built once per user (or batch start) and reused."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["new", "record_s", "encode", "merge", "summary_ms", "PERCENTILES"]
+__all__ = ["PERCENTILES", "encode", "merge", "new", "record_s", "summary_ms"]
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000

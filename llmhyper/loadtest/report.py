@@ -24,7 +24,7 @@ from llmhyper.loadtest import histogram as hist
 from llmhyper.loadtest.spec import LoadSpec
 from llmhyper.loadtest.users import Users
 
-__all__ = ["build", "write", "plot", "SCHEMA"]
+__all__ = ["SCHEMA", "build", "plot", "write"]
 
 SCHEMA = "llmhyper.loadtest/1"
 _SECRET = {"token"}
@@ -91,14 +91,14 @@ def write(report: dict[str, Any], out_dir: str | Path) -> dict[str, str | None]:
     when matplotlib, the ``loadtest`` extra, is not installed)."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str | None] = {"json": str(d / "report.json"), "png": str(d / "latency.png")}
+    json_path, png_path = d / "report.json", d / "latency.png"
+    files: dict[str, str | None] = {"json": str(json_path), "png": str(png_path)}
     report["files"] = files
     try:
-        plot(report, files["png"])
+        plot(report, png_path)
     except ImportError:  # matplotlib is the optional `loadtest` extra
         files["png"] = None
-        report["files"] = files
-    Path(files["json"]).write_text(json.dumps(report, indent=2) + "\n")
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
     return files
 
 

@@ -15,7 +15,7 @@ from llmhyper.loadtest import schedule
 from llmhyper.loadtest.spec import LoadSpec
 from llmhyper.loadtest.users import Users
 
-__all__ = ["LoadError", "run", "expected_calls"]
+__all__ = ["LoadError", "expected_calls", "run"]
 
 READY_TIMEOUT_S = 120.0  # spawn + imports + connect, on a loaded machine
 START_DELAY_S = 0.25
@@ -29,7 +29,7 @@ def expected_calls(spec: LoadSpec) -> int | None:
     """Measured calls the test will make (None for a closed loop bounded by time)."""
     if spec.calls is not None:
         return spec.calls
-    if spec.open_loop:
+    if spec.rate is not None and spec.seconds is not None:
         return schedule.open_loop_total(spec.rate, spec.seconds)
     return None
 

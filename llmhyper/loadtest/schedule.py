@@ -9,7 +9,7 @@ proportion to its share of the callers.
 """
 from __future__ import annotations
 
-__all__ = ["split", "open_loop_total", "open_loop_slots", "closed_loop_block", "callers"]
+__all__ = ["callers", "closed_loop_block", "open_loop_slots", "open_loop_total", "split"]
 
 
 def split(total: int, parts: int, weights: list[int] | None = None) -> list[int]:

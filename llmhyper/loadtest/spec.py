@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["LoadSpec", "METHODS", "option_error"]
+__all__ = ["METHODS", "LoadSpec", "option_error"]
 
 METHODS = ("Rank", "RankBatch", "Explain")
 DEFAULT_BATCH_SIZE = 16
@@ -32,6 +32,7 @@ class LoadSpec(BaseModel):
         rate: open-loop calls per second (all processes together).
         concurrency: closed-loop callers (all processes together; at least ``procs``).
         procs: load-generator processes. connections: gRPC channels (TCP connections) per process.
+        max_inflight: open loop: sender threads per process, the most calls one process has in flight.
         duration: seconds of measured load. calls: measured calls. warmup: seconds, not measured.
         timeout: per-call deadline in seconds. top_k: ads asked per user.
         batch_size: users per RankBatch call. ad: ad id explained by Explain.
@@ -48,6 +49,7 @@ class LoadSpec(BaseModel):
     concurrency: int | None = Field(default=None, ge=1, le=100_000)
     procs: int = Field(default=1, ge=1, le=256)
     connections: int = Field(default=1, ge=1, le=1024)
+    max_inflight: int = Field(default=64, ge=1, le=10_000)
     duration: float | None = Field(default=None, gt=0)
     calls: int | None = Field(default=None, ge=1)
     warmup: float = Field(default=0.0, ge=0)
@@ -63,7 +65,7 @@ class LoadSpec(BaseModel):
     token: str | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "LoadSpec":
+    def _consistent(self) -> LoadSpec:
         host, sep, port = self.target.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"--target must be HOST:PORT, got {self.target!r}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Users", "UserSourceError", "from_store", "from_file", "from_features"]
+__all__ = ["UserSourceError", "Users", "from_features", "from_file", "from_store"]
 
 
 class UserSourceError(ValueError):

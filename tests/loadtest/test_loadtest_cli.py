@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
 
@@ -66,7 +65,7 @@ def test_calls_and_status_codes_counted_exactly(capsys, tmp_path, target) -> Non
 
 def test_open_loop_makes_the_scheduled_calls(capsys, world_store, target) -> None:
     rep = _run(capsys, "--target", target, "--store", str(world_store[1]), "--rate", "100", "--duration", "1.5",
-               "--warmup", "0.5", "--procs", "2")
+               "--warmup", "0.5", "--procs", "2", "--max-inflight", "2")
     assert rep["mode"] == "open" and rep["target_rate_per_s"] == 100
     assert rep["calls"] == 150 and rep["status_codes"] == {"OK": 150}
     assert rep["warmup"]["calls"] == 50
@@ -140,6 +139,7 @@ def test_report_files_and_table(capsys, tmp_path, world_store, target) -> None:
     (["--rate", "10", "--calls", "5", "--duration", "2"], "--duration"),
     (["--rate", "10", "--limit-users", "0"], "--limit-users"),
     (["--rate", "10", "--warmup", "-1"], "--warmup"),
+    (["--rate", "10", "--max-inflight", "0"], "--max-inflight"),
 ])
 def test_bad_arguments_exit_2_naming_the_option(capsys, world_store, args: list[str], option: str) -> None:
     code = main(["loadtest", "--target", "127.0.0.1:1", "--store", str(world_store[1]), *args])
