@@ -2,7 +2,7 @@
 
 Report keys (``schema`` "llmhyper.loadtest/1"): ``target``, ``method``, ``mode`` ("open" |
 "closed"), ``spec`` (every option), ``users`` {source, count}, ``started_at`` (unix s),
-``elapsed_s`` (first measured scheduled send to last answer), ``calls`` (measured), ``ok``,
+``elapsed_s`` (first measured scheduled send to last answer; open loop at least calls / rate), ``calls`` (measured), ``ok``,
 ``errors``, ``status_codes`` {name: n}, ``error_messages`` {name: {message: n}},
 ``target_rate_per_s`` (open loop, else null), ``throughput_per_s`` (calls / elapsed_s),
 ``rate_ratio`` (throughput / target rate, open loop), ``users_per_s`` (throughput x batch),
@@ -43,6 +43,10 @@ def build(spec: LoadSpec, users: Users, results: list[dict[str, Any]], started_a
     firsts = [r["first_sched_s"] for r in results if r["first_sched_s"] is not None]
     lasts = [r["last_done_s"] for r in results if r["last_done_s"] is not None]
     elapsed = (max(lasts) - min(firsts)) if firsts else 0.0
+    if spec.rate and calls:
+        # N open-loop slots span N / rate seconds; without this the last slot's interval
+        # would be missing and short tests would report more than the target rate.
+        elapsed = max(elapsed, calls / spec.rate)
     throughput = calls / elapsed if elapsed > 0 else 0.0
     per_proc = []
     for r in results:
