@@ -778,6 +778,21 @@ class WeightStore:
         v.flags.writeable = False
         return v
 
+    def user_ids(self, limit: int | None = None) -> list[str]:
+        """Ids in the user table in key (byte) order, at most ``limit`` of them (None: all)."""
+        e = self._env()
+        users = e.dbs["users"]
+
+        def scan(txn: lmdb.Transaction) -> list[str]:
+            out: list[str] = []
+            for key in txn.cursor(db=users).iternext(keys=True, values=False):
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(bytes(key).decode())
+            return out
+
+        return e.read(scan)
+
     def user_matrix(self, user_ids: Sequence[str]) -> np.ndarray:
         """Features of several users, float32 [B, F_user] (a fresh C-contiguous array).
 
