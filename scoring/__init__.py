@@ -28,6 +28,8 @@ The plain-NumPy twins live in :mod:`scoring.reference`.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import kernels as _k
@@ -136,12 +138,23 @@ def _mask(allow: object, M: int) -> np.ndarray:
     return allow
 
 
+# Rules whose three arrays are read-only cannot change, so each (rules, M, F) is checked
+# once: a server passes the same stored rules on every request.
+_checked_rules: "weakref.WeakKeyDictionary[ContentRules, tuple[int, int]]" = weakref.WeakKeyDictionary()
+
+
 def _rules(rules: object, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated kernel arrays of ``rules`` for theta's M ads and F features (None: no rules)."""
     if rules is None:
         return _NO_RULES
-    check_rules(rules, theta.shape[0], theta.shape[1])
-    return rule_arrays(rules)  # type: ignore[arg-type]
+    shape = (theta.shape[0], theta.shape[1])
+    if type(rules) is ContentRules and _checked_rules.get(rules) == shape:
+        return rules.ad_ptr, rules.feature, rules.threshold
+    check_rules(rules, *shape)
+    arrays = rule_arrays(rules)  # type: ignore[arg-type]
+    if not any(a.flags.writeable for a in arrays):
+        _checked_rules[rules] = shape  # type: ignore[index]
+    return arrays
 
 
 def score_all(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
