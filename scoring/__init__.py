@@ -149,12 +149,14 @@ def _rules(rules: object, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
         return _NO_RULES
     shape = (theta.shape[0], theta.shape[1])
     if type(rules) is ContentRules and _checked_rules.get(rules) == shape:
-        return rules.ad_ptr, rules.feature, rules.threshold
+        return rules.by_feature
     check_rules(rules, *shape)
-    arrays = rule_arrays(rules)  # type: ignore[arg-type]
-    if not any(a.flags.writeable for a in arrays):
-        _checked_rules[rules] = shape  # type: ignore[index]
-    return arrays
+    cr: ContentRules = rules  # type: ignore[assignment]
+    if any(a.flags.writeable for a in (cr.ad_ptr, cr.feature, cr.threshold)):
+        # arrays that may still change: derive the kernels' index afresh, cache nothing
+        return ContentRules.by_feature.func(cr)  # type: ignore[attr-defined]
+    _checked_rules[cr] = shape
+    return cr.by_feature
 
 
 def score_all(theta: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .rules import _exclusion_mask
 from .kernels import (
     _F32_2D,
     _OUT_F32_2D,
@@ -55,7 +56,7 @@ def score_matrix(theta, X):  # pragma: no cover - compiled
 
 
 @njit(_TOPK_BATCH_SIG, **_KW)
-def topk_batch(theta, X, k, allow, ad_ptr, feat, thr):  # pragma: no cover - compiled
+def topk_batch(theta, X, k, allow, fptr, fthr, fad):  # pragma: no cover - compiled
     """Parallel twin of :func:`scoring.kernels.topk_batch` (arrays [B, k'], padded rows)."""
     B, F = X.shape
     n_ok = _n_allowed(theta.shape[0], allow)
@@ -67,12 +68,16 @@ def topk_batch(theta, X, k, allow, ad_ptr, feat, thr):  # pragma: no cover - com
         return idx, lg, pr
     ns = n_ok if kk > INSERTION_MAX_K else 0
     status = np.zeros(B, np.uint8)
+    M_ex = theta.shape[0] if fptr.shape[0] != 0 else 0
     for b in prange(B):
         xd = np.empty(F, np.float64)
         if not _load_f64(X, b, xd):
             status[b] = 1
         else:
-            n = _topk_into(theta, xd, kk, allow, ad_ptr, feat, thr, idx[b], lg[b],
+            ex = np.zeros(M_ex, np.uint8)
+            if M_ex:
+                _exclusion_mask(fptr, fthr, fad, X, b, ex)
+            n = _topk_into(theta, xd, kk, allow, ex, idx[b], lg[b],
                            np.empty(ns, np.int64), np.empty(ns, np.float32))
             if n < 0:
                 status[b] = 2

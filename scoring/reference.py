@@ -211,7 +211,7 @@ def thompson_samples(theta: np.ndarray, sigma: np.ndarray, x: np.ndarray, seed: 
     """Sampled logits f32[M]: float32(theta . x + z * sqrt(sum_f sigma^2 x^2)), in float64."""
     x64 = x.astype(np.float64)
     mean = theta.astype(np.float64) @ x64
-    sd = np.sqrt((sigma.astype(np.float64) ** 2) @ (x64 * x64))
+    sd = np.sqrt(((sigma.astype(np.float64) * x64) ** 2).sum(axis=1))
     return (mean + normal_draws(seed, theta.shape[0]) * sd).astype(np.float32)
 
 

@@ -12,14 +12,22 @@ the ads, so a kernel finds the rules of ad ``a`` as the slice
 An ad is excluded for a user when ANY of its rules fires. Rules are a mask applied inside
 the top-k kernels before selection (see :mod:`scoring.kernels`); they never change a logit.
 
-The compiled helpers at the bottom (:func:`_excluded`, :func:`_mask_block`) are what the
-kernels call; they take the three arrays (not the dataclass) so any kernel can use them.
+For the kernels, a second index of the same rules is derived once (:attr:`ContentRules.by_feature`):
+the rules grouped by feature with thresholds ascending. For one user the rules on feature f
+that fire are then a prefix of that group (every threshold below x[f]), found by binary
+search, so building the user's exclusion mask costs O(F log R + #fired) instead of O(R):
+a version with 10 rules per ad is scored at nearly the cost of one without rules.
+
+The compiled helpers at the bottom (:func:`_excluded`, :func:`_exclusion_mask`,
+:func:`_mask_block`) are what the kernels call; they take plain arrays (not the
+dataclass) so any kernel can use them.
 The NumPy twin of the exclusion test is :func:`scoring.reference.rules_excluding`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable
 
 import numpy as np
@@ -53,6 +61,24 @@ class ContentRules:
         """Rules of ad ``a`` as (rule index, feature index, threshold), in stored order."""
         lo, hi = int(self.ad_ptr[a]), int(self.ad_ptr[a + 1])
         return [(r, int(self.feature[r]), float(self.threshold[r])) for r in range(lo, hi)]
+
+    @cached_property
+    def by_feature(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(feat_ptr int32 [G+1], thr float32 [R], ad int32 [R]): the rules grouped by feature
+        (G = 1 + largest feature index used), thresholds ascending inside a group, with the
+        ad each rule belongs to. Computed once per value; read-only."""
+        R = self.n_rules
+        ads = np.repeat(np.arange(self.n_ads, dtype=np.int32), np.diff(self.ad_ptr))
+        order = np.lexsort((self.threshold, self.feature)) if R else np.empty(0, np.int64)
+        G = int(self.feature.max()) + 1 if R else 0
+        ptr = np.zeros(G + 1, np.int32)
+        if R:
+            np.cumsum(np.bincount(self.feature, minlength=G), out=ptr[1:])
+        out = (ptr, np.ascontiguousarray(self.threshold[order], np.float32),
+               np.ascontiguousarray(ads[order], np.int32))
+        for a in out:
+            a.flags.writeable = False
+        return out
 
     def triples(self) -> list[tuple[int, int, float]]:
         """Every rule as (ad index, feature index, threshold), by ad then stored order."""
@@ -143,20 +169,21 @@ def check_rules(rules: object, n_ads: int, n_features: int) -> ContentRules:
     return rules
 
 
-# The kernels' "no rules": a length-0 ad_ptr (never a valid CSR pointer, which has M+1 >= 1).
+# The kernels' "no rules": an empty by-feature index (feat_ptr int32, thr float32, ad int32).
 _NO_PTR = np.empty(0, np.int32)
-_NO_FEAT = np.empty(0, np.int32)
 _NO_THR = np.empty(0, np.float32)
-for _a in (_NO_PTR, _NO_FEAT, _NO_THR):
+_NO_AD = np.empty(0, np.int32)
+for _a in (_NO_PTR, _NO_THR, _NO_AD):
     _a.flags.writeable = False
-NO_RULES = (_NO_PTR, _NO_FEAT, _NO_THR)
+NO_RULES = (_NO_PTR, _NO_THR, _NO_AD)
 
 
 def rule_arrays(rules: ContentRules | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The (ad_ptr, feature, threshold) arrays the kernels take; None -> the empty 'no rules'."""
+    """The by-feature index (feat_ptr, thr, ad) the top-k kernels take (see
+    :attr:`ContentRules.by_feature`); None -> three empty arrays, the kernels' 'no rules'."""
     if rules is None:
         return NO_RULES
-    return rules.ad_ptr, rules.feature, rules.threshold
+    return rules.by_feature
 
 
 _KW = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
@@ -178,27 +205,64 @@ def _excluded(ad_ptr, feat, thr, a, xd):  # pragma: no cover - compiled
 
 
 @njit(**_KW)
-def _mask_block(Z, X, b0, a0, ad_ptr, feat, thr):  # pragma: no cover - compiled
+def _exclusion_mask(fptr, fthr, fad, X, b, ex):  # pragma: no cover - compiled
+    """ex[a] = 1 for every ad a that a rule excludes for user row b of X (float32 or float64
+    [B, F]); ex (uint8 [M]) must be all 0 on entry. Uses the by-feature index (fptr, fthr,
+    fad) of :attr:`ContentRules.by_feature`; an empty fptr means no rules. Returns the
+    number of rules that fired (for undoing: call :func:`_clear_mask`)."""
+    n = 0
+    for f in range(fptr.shape[0] - 1):
+        lo, hi = fptr[f], fptr[f + 1]
+        if lo == hi:
+            continue
+        v = np.float64(X[b, f])
+        # first position in [lo, hi) whose threshold is >= v: rules before it have t < v, i.e. fire
+        a, c = lo, hi
+        while a < c:
+            mid = (a + c) >> 1
+            if np.float64(fthr[mid]) < v:
+                a = mid + 1
+            else:
+                c = mid
+        for r in range(lo, a):
+            ex[fad[r]] = 1
+        n += a - lo
+    return n
+
+
+@njit(**_KW)
+def _clear_mask(fptr, fthr, fad, X, b, ex):  # pragma: no cover - compiled
+    """Reset to 0 the entries :func:`_exclusion_mask` set for row b (cheaper than a full memset
+    when few rules fire)."""
+    for f in range(fptr.shape[0] - 1):
+        lo, hi = fptr[f], fptr[f + 1]
+        v = np.float64(X[b, f]) if lo < hi else 0.0
+        r = lo
+        while r < hi and np.float64(fthr[r]) < v:
+            ex[fad[r]] = 0
+            r += 1
+
+
+@njit(**_KW)
+def _mask_block(Z, X, b0, a0, fptr, fthr, fad, ex):  # pragma: no cover - compiled
     """Set Z[i, j] = -inf where ad a0 + j is excluded for user row b0 + i of X.
 
-    Z: float32 [nb, na] logits of users b0..b0+nb-1 (rows of X, float32 [B, F]) against ads
-    a0..a0+na-1. For a blocked (sgemm + selection) top-k: mask each logit block before
-    selecting from it, and treat -inf entries as ineligible (pad with idx -1). Returns the
-    number of entries masked.
+    Z: float32 [nb, na] logits of users b0..b0+nb-1 (rows of X [B, F]) against ads
+    a0..a0+na-1; (fptr, fthr, fad): :attr:`ContentRules.by_feature`; ex: uint8 [M] scratch,
+    all 0 (left all 0). For a blocked (sgemm + selection) top-k: mask each logit block
+    before selecting from it, and treat -inf entries as ineligible (pad with idx -1).
+    Returns the number of entries masked.
     """
-    if ad_ptr.shape[0] == 0:
+    if fptr.shape[0] == 0:
         return 0
     nb, na = Z.shape
     n = 0
-    for j in range(na):
-        a = a0 + j
-        lo, hi = ad_ptr[a], ad_ptr[a + 1]
-        if lo == hi:
+    for i in range(nb):
+        if _exclusion_mask(fptr, fthr, fad, X, b0 + i, ex) == 0:
             continue
-        for i in range(nb):
-            for r in range(lo, hi):
-                if np.float64(X[b0 + i, feat[r]]) > np.float64(thr[r]):
-                    Z[i, j] = -np.inf
-                    n += 1
-                    break
+        for j in range(na):
+            if ex[a0 + j] != 0:
+                Z[i, j] = -np.inf
+                n += 1
+        _clear_mask(fptr, fthr, fad, X, b0 + i, ex)
     return n

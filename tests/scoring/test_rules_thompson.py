@@ -213,3 +213,22 @@ def test_thompson_validates_inputs() -> None:
     bad[1] = np.inf
     with pytest.raises(ValueError, match="x contains NaN or inf"):
         scoring.topk_one_thompson(theta, sigma, bad, 2, 1)
+
+
+def test_block_mask_helper_for_a_blocked_kernel() -> None:
+    """scoring.rules._mask_block masks a [users x ads] logit block at any offset, like the twin."""
+    from scoring.rules import _mask_block
+
+    theta, X = _world(50, 9, seed=8, B=12)
+    rules = _random_rules(50, 9, per_ad=3, seed=9)
+    full = R.score_matrix_rules(theta, X, rules)
+    Z = scoring.score_matrix(theta, X)
+    ex = np.zeros(50, np.uint8)
+    n = 0
+    for b0 in range(0, 12, 5):
+        for a0 in range(0, 50, 16):
+            blk = np.ascontiguousarray(Z[b0:b0 + 5, a0:a0 + 16])
+            n += _mask_block(blk, X, b0, a0, *rules.by_feature, ex)
+            Z[b0:b0 + 5, a0:a0 + 16] = blk
+    assert np.array_equal(Z, full) and n == int(np.isinf(full).sum()) > 0
+    assert not ex.any()  # the scratch mask is left clean
