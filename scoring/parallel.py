@@ -20,7 +20,6 @@ from .kernels import (
     _load_f64,
     _n_allowed,
     _scores_into,
-    _sigmoid64,
     _topk_into,
 )
 

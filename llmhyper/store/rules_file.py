@@ -68,17 +68,17 @@ def read_rules_file(path: str | os.PathLike[str]) -> tuple[list[tuple[str, str, 
         entries = obj.get("rules") if isinstance(obj, dict) else obj
         if not isinstance(entries, list):
             raise RulesFileError(f"rules file {p}: expected a list of rules or {{\"rules\": [...]}}")
-        for i, e in enumerate(entries):
+        for i, ent in enumerate(entries):
             where = f"{p.name} rule {i}"
-            if not isinstance(e, dict):
-                raise RulesFileError(f"{where}: expected an object with {', '.join(COLUMNS)}, got {e!r}")
-            missing = [c for c in COLUMNS if c not in e]
+            if not isinstance(ent, dict):
+                raise RulesFileError(f"{where}: expected an object with {', '.join(COLUMNS)}, got {ent!r}")
+            missing = [c for c in COLUMNS if c not in ent]
             if missing:
                 raise RulesFileError(f"{where}: missing key(s) {', '.join(missing)}")
             for c in ("ad_id", "feature"):
-                if not isinstance(e[c], str) or not e[c]:
-                    raise RulesFileError(f"{where}: {c} must be a non-empty string, got {e[c]!r}")
-            rules.append((e["ad_id"], e["feature"], _number(e["threshold"], where)))
+                if not isinstance(ent[c], str) or not ent[c]:
+                    raise RulesFileError(f"{where}: {c} must be a non-empty string, got {ent[c]!r}")
+            rules.append((ent["ad_id"], ent["feature"], _number(ent["threshold"], where)))
             labels.append(where)
         return rules, labels
     reader = csv.DictReader(text.splitlines())
