@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import batch as _b
 from . import kernels as _k
 
 __all__ = [
@@ -45,8 +46,9 @@ _NO_MASK.flags.writeable = False
 _KMAX = 1 << 62
 _threads = 1
 # Batched kernels in use: the single-threaded ones unless set_threads(n > 1) swapped in
-# the prange variants from scoring.parallel.
-_batch_kernel = _k.topk_batch
+# the prange variants from scoring.parallel (the batch top-k selection is one body
+# compiled twice, see scoring.batch).
+_batch_select = _b.select_block
 _matrix_kernel = _k.score_matrix
 
 
@@ -154,17 +156,23 @@ def topk_one(
 
 
 def topk_batch(
-    theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None
+    theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None,
+    exclude: _b.ExcludeHook | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k ads for each of B users (one shared allow mask).
 
     theta: float32 [M, F]; X: float32 [B, F]; returns (idx int64[B, k'],
     logit float32[B, k'], prob float32[B, k']), each row as :func:`topk_one`.
+    Runs at matrix-product speed: BLAS sgemm per block of users, then a compiled
+    selection that re-scores the few near-top candidates exactly (:mod:`scoring.batch`).
+    ``exclude(Z, row0)``: optional per-user exclusion hook on each float32 logits block
+    (set ``Z[r, i] = -inf`` to drop ad i for user row0 + r; short rows are padded with
+    idx -1, logit -inf, prob 0).
     """
     _check_pair("theta", theta, "X", X, 2)
     if type(k) is not int or not 0 < k <= _KMAX:
         k = _check_k(k)
-    return _batch_kernel(theta, X, k, _mask(allow, theta.shape[0]))
+    return _b.topk_batch(theta, X, k, _mask(allow, theta.shape[0]), exclude, _batch_select)
 
 
 def topk_one_unchecked(
@@ -183,7 +191,7 @@ def topk_batch_unchecked(
     theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`topk_batch` without validation (same contract as :func:`topk_one_unchecked`)."""
-    return _batch_kernel(theta, X, k, _NO_MASK if allow is None else allow)
+    return _b.topk_batch(theta, X, k, _NO_MASK if allow is None else allow, None, _batch_select)
 
 
 def contributions(theta_row: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -252,19 +260,19 @@ def set_threads(n: int = 1) -> None:
     (topk_one, score_all, contributions) are always single-threaded.
     Raises ValueError unless 1 <= n <= numba.config.NUMBA_NUM_THREADS.
     """
-    global _threads, _batch_kernel, _matrix_kernel
+    global _threads, _batch_select, _matrix_kernel
     import numba
 
     limit = int(numba.config.NUMBA_NUM_THREADS)
     if type(n) is not int or not 1 <= n <= limit:
         raise ValueError(f"set_threads: n must be an int in [1, {limit}], got {n!r}")
     if n == 1:
-        _batch_kernel, _matrix_kernel = _k.topk_batch, _k.score_matrix
+        _batch_select, _matrix_kernel = _b.select_block, _k.score_matrix
     else:
         from . import parallel
 
         numba.set_num_threads(n)
-        _batch_kernel, _matrix_kernel = parallel.topk_batch, parallel.score_matrix
+        _batch_select, _matrix_kernel = parallel.select_block, parallel.score_matrix
     _threads = n
 
 

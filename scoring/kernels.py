@@ -28,7 +28,8 @@ Numerics (shared with the NumPy twins in :mod:`scoring.reference`):
   (finite float32 inputs can never overflow a float64 sum, so this is exact).
 
 All kernels here run on one thread, release the GIL (``nogil=True``) and are cached on
-disk (``cache=True``). Opt-in multi-threaded batch variants live in :mod:`scoring.parallel`.
+disk (``cache=True``). The batch top-k (sgemm + compiled selection) is in
+:mod:`scoring.batch`; opt-in multi-threaded variants live in :mod:`scoring.parallel`.
 """
 from __future__ import annotations
 
@@ -235,36 +236,6 @@ def topk_one(theta, x, k, allow):  # pragma: no cover - compiled
     return idx, lg, pr
 
 
-@njit(
-    types.Tuple((_OUT_I64_2D, _OUT_F32_2D, _OUT_F32_2D))(_F32_2D, _F32_2D, types.int64, _U8_1D),
-    **_KW,
-)
-def topk_batch(theta, X, k, allow):  # pragma: no cover - compiled
-    """Fused top-k for B users: arrays [B, k'] as in :func:`topk_one`, one row per user."""
-    B, F = X.shape
-    n_ok = _n_allowed(theta.shape[0], allow)
-    kk = max(min(k, n_ok), 0)
-    idx = np.empty((B, kk), np.int64)
-    lg = np.empty((B, kk), np.float32)
-    pr = np.empty((B, kk), np.float32)
-    if kk == 0:
-        return idx, lg, pr
-    X64 = np.empty((B, F), np.float64)
-    for b in range(B):
-        if not _load_f64(X, b, X64[b]):
-            raise ValueError("X contains NaN or inf")
-    ns = n_ok if kk > INSERTION_MAX_K else 0
-    si = np.empty(ns, np.int64)
-    sv = np.empty(ns, np.float32)
-    for b in range(B):
-        if not _topk_into(theta, X64[b], kk, allow, idx[b], lg[b], si, sv):
-            raise ValueError(_THETA_BAD)
-    for b in range(B):
-        for t in range(kk):
-            pr[b, t] = np.float32(_sigmoid64(np.float64(lg[b, t])))
-    return idx, lg, pr
-
-
 @njit(_OUT_F32_1D(_F32_1D, _F32_1D), **_KW)
 def contributions(theta_row, x):  # pragma: no cover - compiled
     """Per-feature contributions f32[F]: theta_row[j] * x[j], each rounded to float32."""
@@ -286,4 +257,4 @@ def sigmoid(z):  # pragma: no cover - compiled
 
 
 #: Every compiled entry point, for warm-up and tests.
-KERNELS = ("score_all", "score_matrix", "topk_one", "topk_batch", "contributions", "sigmoid")
+KERNELS = ("score_all", "score_matrix", "topk_one", "contributions", "sigmoid")
