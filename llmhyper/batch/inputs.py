@@ -89,7 +89,7 @@ def _batches(path: str, fmt: str, string_cols: Sequence[str] = ()) -> tuple[pa.S
             r = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 22),
                               convert_options=pcsv.ConvertOptions(
                                   column_types={c: pa.string() for c in header},
-                                  strings_can_be_null=True))
+                                  strings_can_be_null=True, null_values=[""]))
             return r.schema, iter(r)
         import pyarrow.json as pjson
 
