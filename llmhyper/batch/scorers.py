@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -138,9 +138,11 @@ class RemoteScorer:
 
     def __init__(self, client, version: str | None, k: int, allow: Sequence[str] | None,
                  deny: Sequence[str] | None, concurrency: int = 4, batch_size: int = 1024,
-                 attempts: int = 6) -> None:
+                 attempts: int = 6, on_retry: Callable[[Exception], None] | None = None) -> None:
         self.client = client
         self.attempts = attempts
+        self.on_retry = on_retry  # called before each backoff sleep (logging, tests)
+        self.retries = 0
         info = self._retrying(lambda: client.model_info(version=version))
         self.weights = Weights(info.version, np.empty((len(info.ad_ids), 0), np.float32),
                                tuple(info.ad_ids), tuple(name for name, _ in info.features))
@@ -155,11 +157,17 @@ class RemoteScorer:
         from llmhyper.client import RankerError
 
         transient = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+        def before_sleep(state) -> None:
+            self.retries += 1
+            if self.on_retry is not None:
+                self.on_retry(state.outcome.exception())
+
         try:
             for attempt in Retrying(stop=stop_after_attempt(self.attempts),
                                     wait=wait_exponential(multiplier=0.05, max=2.0),
                                     retry=retry_if_exception(lambda e: isinstance(e, RankerError) and e.code in transient),
-                                    reraise=True):
+                                    before_sleep=before_sleep, reraise=True):
                 with attempt:
                     return fn()
         except RetryError as e:  # pragma: no cover - reraise=True re-raises the last error

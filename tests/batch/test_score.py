@@ -134,3 +134,36 @@ def test_bad_inputs_exit_2_with_clear_messages(tmp_path: Path, bstore: Path, bwo
               needle="a job with different arguments (top_k)")
     for bad in (tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet", tmp_path / "f.parquet"):
         assert not bad.exists()  # nothing written under a final name on bad input
+
+
+def test_target_retries_unavailable_until_a_version_is_served(tmp_path: Path, bworld: World, make_server) -> None:
+    """A fleet with nothing published answers UNAVAILABLE; the scorer backs off and retries."""
+    from llmhyper.batch.inputs import chunks, open_input
+    from llmhyper.batch.scorers import RemoteScorer
+    from llmhyper.client import RankerClient
+    from llmhyper.store.weight_store import WeightStore
+    from tests.helpers import publish_world
+
+    store = WeightStore(tmp_path / "empty.lmdb")
+    srv, port = make_server(store)
+    seen: list[str] = []
+
+    def publish_on_first_retry(e: Exception) -> None:
+        seen.append(getattr(e, "code", None).name)
+        if len(seen) == 1:
+            publish_world(store, bworld)
+
+    client = RankerClient(f"127.0.0.1:{port}", timeout=10)
+    scorer = RemoteScorer(client, None, 3, None, None, attempts=12, on_retry=publish_on_first_retry)
+    try:
+        assert seen[0] == "UNAVAILABLE" and scorer.retries >= 1
+        inp = tmp_path / "u.csv"
+        inp.write_text("user_id\n" + "\n".join(bworld.user_ids[:9]) + "\n")
+        spec = open_input(str(inp), scorer.weights.feature_names)
+        got = scorer.score(next(chunks(spec, len(scorer.weights.feature_names), 100)), "error")
+        ref = client.rank_batch(user_ids=bworld.user_ids[:9], top_k=3)
+        assert np.array_equal(got.idx, ref.ad_index) and np.array_equal(got.ctr, ref.ctr)
+    finally:
+        scorer.close()
+        srv.stop(0).wait(5)
+        store.close()
