@@ -143,7 +143,12 @@ class RemoteScorer:
         self.attempts = attempts
         self.on_retry = on_retry  # called before each backoff sleep (logging, tests)
         self.retries = 0
-        info = self._retrying(lambda: client.model_info(version=version))
+        from llmhyper.client import RankerError
+
+        try:
+            info = self._retrying(lambda: client.model_info(version=version))
+        except RankerError as e:  # NOT_FOUND (unknown version) and other answers about our input
+            raise BatchInputError(f"server refused GetModelInfo ({e.code.name}): {e.details}") from None
         self.weights = Weights(info.version, np.empty((len(info.ad_ids), 0), np.float32),
                                tuple(info.ad_ids), tuple(name for name, _ in info.features))
         candidate_mask(self.weights.ad_ids, allow, deny)  # unknown ad ids: refuse before any call
@@ -203,8 +208,6 @@ class RemoteScorer:
 
     def score(self, chunk: Chunk, on_unknown: str) -> Scored:
         """Score one chunk through RankBatch (the server reads by-id rows itself)."""
-        import grpc
-
         from llmhyper.client import RankerError
 
         n = len(chunk.ids)
@@ -218,10 +221,8 @@ class RemoteScorer:
                     self._by_id(chunk.ids[a:b], list(range(a, b)), on_unknown, out)
                 else:
                     out.append((list(range(a, b)), self._call(None, chunk.X[a:b])))
-            except RankerError as e:
-                if e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                    raise BatchInputError(f"server refused the request ({e.code.name}): {e.details}") from None
-                raise
+            except RankerError as e:  # transient codes were retried and became BatchRuntimeError
+                raise BatchInputError(f"server refused the request ({e.code.name}): {e.details}") from None
             return out
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:

@@ -167,3 +167,26 @@ def test_target_retries_unavailable_until_a_version_is_served(tmp_path: Path, bw
         scorer.close()
         srv.stop(0).wait(5)
         store.close()
+
+
+def test_target_unknown_version_and_unreachable_server(tmp_path: Path, bstore: Path, ids_parquet: Path,
+                                                       make_server, capsys) -> None:
+    _, port = make_server(str(bstore))
+    rc = _score(str(ids_parquet), "--out", str(tmp_path / "a.parquet"), "--target", f"127.0.0.1:{port}",
+                "--version", "v999999")
+    err = capsys.readouterr().err
+    assert rc == 2 and "NOT_FOUND" in err and "v999999" in err, err
+    rc = _score(str(ids_parquet), "--out", str(tmp_path / "b.parquet"), "--store", str(bstore), "--version", "v999999")
+    err = capsys.readouterr().err
+    assert rc == 2 and "v999999" in err, err
+    rc = _score(str(ids_parquet), "--out", str(tmp_path / "c.parquet"), "--store", str(bstore), "--allow", "nope")
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown ad id(s) in --allow/--deny: ['nope']" in err, err
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    rc = _score(str(ids_parquet), "--out", str(tmp_path / "d.parquet"), "--target", f"127.0.0.1:{free}", "--timeout", "2")
+    err = capsys.readouterr().err
+    assert rc == 1 and "UNAVAILABLE" in err, err
