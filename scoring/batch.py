@@ -112,7 +112,7 @@ def _kth_largest(v, n, kk, buf):  # pragma: no cover - compiled
     return low
 
 
-@njit(**_KW)
+@njit(inline="always", **_KW)
 def _threshold32(t, a):  # pragma: no cover - compiled
     """float32 pruning threshold below a k-th largest sgemm logit ``t`` (``a = 2 tol``).
 
@@ -131,7 +131,7 @@ def _threshold32(t, a):  # pragma: no cover - compiled
 _CHUNK = 8
 
 
-@njit(**_KW)
+@njit(inline="always", **_KW)
 def _maxima_fixed(Zr, C, out):  # pragma: no cover - compiled
     """out[c] = max(Zr[c*C : (c+1)*C]) for the full chunks (C a literal at each call site,
     so the inner loop is unrolled and vectorised); returns the number of full chunks."""
@@ -145,7 +145,7 @@ def _maxima_fixed(Zr, C, out):  # pragma: no cover - compiled
     return nfull
 
 
-@njit(**_KW)
+@njit(inline="always", **_KW)
 def _chunk_maxima(Zr, C, use_mask, allow, out):  # pragma: no cover - compiled
     """out[c] = max of the candidates (allowed ads) in chunk c = Zr[c*C : (c+1)*C]; -inf
     when it has none. Returns the number of chunks. (NaN needs a non-finite theta, whose
@@ -167,7 +167,7 @@ def _chunk_maxima(Zr, C, use_mask, allow, out):  # pragma: no cover - compiled
     return nch
 
 
-@njit(**_KW)
+@njit(inline="always", **_KW)
 def _lower_bound(cmx, nch, kk, buf, lv):  # pragma: no cover - compiled
     """A lower bound of the row's kk-th largest candidate from its chunk maxima cmx[:nch]
     (nch >= kk): the kk-th largest chunk maximum, found without data-dependent branches
@@ -193,7 +193,7 @@ def _lower_bound(cmx, nch, kk, buf, lv):  # pragma: no cover - compiled
     return _kth_largest(lv, nl, kk, buf)
 
 
-@njit(**_KW)
+@njit(inline="always", **_KW)
 def _collect(Zr, C, nch, cmx, t32, use_mask, allow, ci, kc):  # pragma: no cover - compiled
     """Indices of the candidates with sgemm logit >= t32 (allowed, not -inf), in index
     order, into ci as far as it holds them; returns their total count. Only chunks whose
@@ -238,7 +238,7 @@ def _all_candidates(Zr, use_mask, allow, ci):  # pragma: no cover - compiled
     return nc
 
 
-@njit(**_KW)
+@njit(inline="always", **_KW)
 def _select_row(theta, Zr, xd, kk, use_mask, allow, tol, oi, ol, buf, ci, cv, cmx, lv, kc):  # pragma: no cover
     """Top kk of one user into oi/ol; returns how many were filled (<= kk), -1 if a
     re-scored allowed row of theta is non-finite.
