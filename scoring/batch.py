@@ -88,26 +88,25 @@ def _kth_largest(v, n, kk, buf):  # pragma: no cover - compiled
     """The kk-th largest of v[:n] (finite or -inf values, n >= kk >= 1).
 
     kk <= INSERTION_MAX_K: one pass with a sorted buffer ``buf`` [>= kk] (the hot loop is
-    one compare against its minimum); larger kk: a partition of a copy.
+    one compare against its minimum; an insertion is a fixed run of min/max, no branches
+    to mispredict); larger kk: a partition of a copy.
     """
     if kk > INSERTION_MAX_K:
         return np.partition(v[:n].copy(), n - kk)[n - kk]
-    for i in range(kk):
-        z = v[i]
-        pos = i
-        while pos > 0 and buf[pos - 1] < z:
-            buf[pos] = buf[pos - 1]
-            pos -= 1
-        buf[pos] = z
-    low = buf[kk - 1]
-    for i in range(kk, n):
+    for p in range(kk):
+        buf[p] = _NEG_INF
+    low = _NEG_INF
+    for i in range(n):
         z = v[i]
         if z > low:
-            pos = kk - 1
-            while pos > 0 and buf[pos - 1] < z:
-                buf[pos] = buf[pos - 1]
-                pos -= 1
-            buf[pos] = z
+            # branch-free insertion into the descending buffer: new[p] = max(old[p], min(old[p-1], z))
+            for p in range(kk - 1, 0, -1):
+                a = buf[p - 1]
+                m = z if z < a else a
+                b = buf[p]
+                buf[p] = m if m > b else b
+            b = buf[0]
+            buf[0] = z if z > b else b
             low = buf[kk - 1]
     return low
 
