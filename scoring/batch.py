@@ -238,9 +238,9 @@ def _all_candidates(Zr, use_mask, allow, ci):  # pragma: no cover - compiled
 
 
 @njit(inline="always", **_KW)
-def _select_row(theta, Zr, xd, kk, use_mask, allow, tol, oi, ol, buf, ci, cv, cmx, lv, kc):  # pragma: no cover
-    """Top kk of one user into oi/ol; returns how many were filled (<= kk), -1 if a
-    re-scored allowed row of theta is non-finite.
+def _select_row(theta, Zr, xd, kk, use_mask, allow, tol, oi, ol, ob, buf, ci, cv, cmx, lv, kc):  # pragma: no cover
+    """Top kk of one user into row ``ob`` of oi/ol [B, kk] (whole arrays: no per-row views);
+    returns how many were filled (<= kk), -1 if a re-scored allowed row of theta is non-finite.
 
     buf [min(kk, 64)], ci/cv [cap], cmx/lv float32 and kc int64 [ceil(M / 4)]: per-row
     scratch (ci/cv are replaced by larger arrays when more candidates survive than they hold).
@@ -287,24 +287,29 @@ def _select_row(theta, Zr, xd, kk, use_mask, allow, tol, oi, ol, buf, ci, cv, cm
         for c in range(nc):
             z = cv[c]
             if n == kr:
-                if not (z > ol[kr - 1]):
+                if not (z > ol[ob, kr - 1]):
                     continue
                 pos = kr - 1
             else:
                 pos = n
                 n += 1
-            while pos > 0 and ol[pos - 1] < z:
-                ol[pos] = ol[pos - 1]
-                oi[pos] = oi[pos - 1]
+            while pos > 0 and ol[ob, pos - 1] < z:
+                ol[ob, pos] = ol[ob, pos - 1]
+                oi[ob, pos] = oi[ob, pos - 1]
                 pos -= 1
-            ol[pos] = z
-            oi[pos] = ci[c]
+            ol[ob, pos] = z
+            oi[ob, pos] = ci[c]
         return kr
     order = np.argsort(-cv[:nc], kind="mergesort")  # stable: equal logits keep index order
     for t in range(kr):
-        oi[t] = ci[order[t]]
-        ol[t] = cv[order[t]]
+        oi[ob, t] = ci[order[t]]
+        ol[ob, t] = cv[order[t]]
     return kr
+
+
+#: Users per prange task: each task allocates its scratch once and reuses it row by row
+#: (per-row views of shared scratch cost more in reference counting than the selection).
+_ROWS_PER_TASK = 64
 
 
 def _select_block(theta, Z, X, row0, kk, allow, cmax, idx, lg, pr, status):  # pragma: no cover
@@ -312,39 +317,40 @@ def _select_block(theta, Z, X, row0, kk, allow, cmax, idx, lg, pr, status):  # p
 
     Writes rows of idx/lg/pr [B, kk]; status[r] = 2 when user row0 + r hit a non-finite
     allowed row of theta (exceptions cannot leave a prange body; the caller raises).
-    Scratch is allocated once per block, one row per user, so prange iterations share none.
+    The prange runs over tasks of _ROWS_PER_TASK users; each task owns its scratch.
     """
     nb, M = Z.shape
     F = theta.shape[1]
     use_mask = allow.shape[0] != 0
     tscale = (F + 1) * _EPS
     cap = 2 * kk + 32
-    XD = np.empty((nb, F), np.float64)
-    BUF = np.empty((nb, min(kk, INSERTION_MAX_K)), np.float32)
-    CI = np.empty((nb, cap), np.int64)
-    CV = np.empty((nb, cap), np.float32)
-    CMX = np.empty((nb, (M + 3) // 4), np.float32)
-    LV = np.empty((nb, (M + 3) // 4), np.float32)
-    KC = np.empty((nb, (M + 3) // 4), np.int64)
-    for r in prange(nb):
-        b = row0 + r
-        xd = XD[r]
-        s = 0.0
-        for j in range(F):
-            v = np.float64(X[b, j])
-            xd[j] = v
-            s += cmax[j] * abs(v)
-        n = _select_row(theta, Z[r], xd, kk, use_mask, allow, tscale * s, idx[b], lg[b],
-                        BUF[r], CI[r], CV[r], CMX[r], LV[r], KC[r])
-        if n < 0:
-            status[r] = 2
-            n = 0
-        for t in range(n):
-            pr[b, t] = np.float32(_sigmoid64(np.float64(lg[b, t])))
-        for t in range(n, kk):
-            idx[b, t] = -1
-            lg[b, t] = _NEG_INF
-            pr[b, t] = 0.0
+    ntask = (nb + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for q in prange(ntask):
+        xd = np.empty(F, np.float64)
+        buf = np.empty(min(kk, INSERTION_MAX_K), np.float32)
+        ci = np.empty(cap, np.int64)
+        cv = np.empty(cap, np.float32)
+        cmx = np.empty((M + 3) // 4, np.float32)
+        lv = np.empty((M + 3) // 4, np.float32)
+        kc = np.empty((M + 3) // 4, np.int64)
+        for r in range(q * _ROWS_PER_TASK, min(nb, (q + 1) * _ROWS_PER_TASK)):
+            b = row0 + r
+            s = 0.0
+            for j in range(F):
+                v = np.float64(X[b, j])
+                xd[j] = v
+                s += cmax[j] * abs(v)
+            n = _select_row(theta, Z[r], xd, kk, use_mask, allow, tscale * s, idx, lg, b,
+                            buf, ci, cv, cmx, lv, kc)
+            if n < 0:
+                status[r] = 2
+                n = 0
+            for t in range(n):
+                pr[b, t] = np.float32(_sigmoid64(np.float64(lg[b, t])))
+            for t in range(n, kk):
+                idx[b, t] = -1
+                lg[b, t] = _NEG_INF
+                pr[b, t] = 0.0
 
 
 SELECT_SIG = types.void(_F32_2D, _Z_2D, _F32_2D, types.int64, types.int64, _U8_1D, _F64_1D,
