@@ -32,6 +32,7 @@ import weakref
 
 import numpy as np
 
+from . import batch as _b
 from . import kernels as _k
 from . import thompson as _t
 from .rules import ContentRules, check_rules, make_rules, rule_arrays
@@ -64,8 +65,9 @@ _NO_RULES = rule_arrays(None)
 _KMAX = 1 << 62
 _threads = 1
 # Batched kernels in use: the single-threaded ones unless set_threads(n > 1) swapped in
-# the prange variants from scoring.parallel.
-_batch_kernel = _k.topk_batch
+# the prange variants from scoring.parallel (the batch top-k selection is one body
+# compiled twice, see scoring.batch).
+_batch_select = _b.select_block
 _matrix_kernel = _k.score_matrix
 
 
@@ -205,18 +207,39 @@ def topk_one(
 
 def topk_batch(
     theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None,
-    rules: ContentRules | None = None,
+    rules: ContentRules | None = None, exclude: _b.ExcludeHook | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k ads for each of B users (one shared allow mask, rules applied per user).
 
     theta: float32 [M, F]; X: float32 [B, F]; returns (idx int64[B, k'],
     logit float32[B, k'], prob float32[B, k']) with k' = min(k, #allowed), each row as
-    :func:`topk_one`; a row with fewer eligible ads is padded with idx -1, logit -inf, prob 0.
+    :func:`topk_one`; a row with fewer eligible ads (content rules) is padded with idx -1,
+    logit -inf, prob 0. Runs at matrix-product speed: BLAS sgemm per block of users, the
+    content rules masked into each logits block, then a compiled selection that re-scores
+    the few near-top candidates exactly (:mod:`scoring.batch`). ``exclude(Z, row0)``: an
+    extra per-user exclusion hook on each float32 logits block (set ``Z[r, i] = -inf`` to
+    drop ad i for user row0 + r).
     """
     _check_pair("theta", theta, "X", X, 2)
     if type(k) is not int or not 0 < k <= _KMAX:
         k = _check_k(k)
-    return _batch_kernel(theta, X, k, _mask(allow, theta.shape[0]), *_rules(rules, theta))
+    hook = _exclusion_hook(X, _rules(rules, theta), exclude)
+    return _b.topk_batch(theta, X, k, _mask(allow, theta.shape[0]), hook, _batch_select)
+
+
+def _exclusion_hook(X: np.ndarray, arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    extra: _b.ExcludeHook | None) -> _b.ExcludeHook | None:
+    """The per-block hook of the sgemm batch path: content rules (compiled mask) then ``extra``."""
+    fptr, fthr, fad = arrays
+    if fptr.shape[0] == 0:
+        return extra
+
+    def hook(Z: np.ndarray, row0: int) -> None:
+        _k.mask_excluded(Z, X[row0:row0 + Z.shape[0]], fptr, fthr, fad)
+        if extra is not None:
+            extra(Z, row0)
+
+    return hook
 
 
 def topk_one_unchecked(
@@ -238,7 +261,8 @@ def topk_batch_unchecked(
     rules: ContentRules | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`topk_batch` without validation (same contract as :func:`topk_one_unchecked`)."""
-    return _batch_kernel(theta, X, k, _NO_MASK if allow is None else allow, *rule_arrays(rules))
+    hook = _exclusion_hook(X, rule_arrays(rules), None)
+    return _b.topk_batch(theta, X, k, _NO_MASK if allow is None else allow, hook, _batch_select)
 
 
 def _check_sigma(sigma: object, theta: np.ndarray) -> None:
@@ -380,19 +404,19 @@ def set_threads(n: int = 1) -> None:
     (topk_one, score_all, contributions) are always single-threaded.
     Raises ValueError unless 1 <= n <= numba.config.NUMBA_NUM_THREADS.
     """
-    global _threads, _batch_kernel, _matrix_kernel
+    global _threads, _batch_select, _matrix_kernel
     import numba
 
     limit = int(numba.config.NUMBA_NUM_THREADS)
     if type(n) is not int or not 1 <= n <= limit:
         raise ValueError(f"set_threads: n must be an int in [1, {limit}], got {n!r}")
     if n == 1:
-        _batch_kernel, _matrix_kernel = _k.topk_batch, _k.score_matrix
+        _batch_select, _matrix_kernel = _b.select_block, _k.score_matrix
     else:
         from . import parallel
 
         numba.set_num_threads(n)
-        _batch_kernel, _matrix_kernel = parallel.topk_batch, parallel.score_matrix
+        _batch_select, _matrix_kernel = parallel.select_block, parallel.score_matrix
     _threads = n
 
 

@@ -33,14 +33,15 @@ Numerics (shared with the NumPy twins in :mod:`scoring.reference`):
   (finite float32 inputs can never overflow a float64 sum, so this is exact).
 
 All kernels here run on one thread, release the GIL (``nogil=True``) and are cached on
-disk (``cache=True``). Opt-in multi-threaded batch variants live in :mod:`scoring.parallel`.
+disk (``cache=True``). The batch top-k (sgemm + compiled selection) is in
+:mod:`scoring.batch`; opt-in multi-threaded variants live in :mod:`scoring.parallel`.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, types
 
-from .rules import _clear_mask, _exclusion_mask, _mask_block
+from .rules import _exclusion_mask, _mask_block
 
 # Inputs are declared read-only: a writable array converts safely to a read-only
 # parameter, and the weight store hands out read-only zero-copy views of LMDB pages.
@@ -239,8 +240,6 @@ def score_matrix(theta, X):  # pragma: no cover - compiled
 
 _TOPK_ONE_SIG = types.Tuple((_OUT_I64_1D, _OUT_F32_1D, _OUT_F32_1D))(
     _F32_2D, _F32_1D, types.int64, _U8_1D, _I32_1D, _F32_1D, _I32_1D)
-_TOPK_BATCH_SIG = types.Tuple((_OUT_I64_2D, _OUT_F32_2D, _OUT_F32_2D))(
-    _F32_2D, _F32_2D, types.int64, _U8_1D, _I32_1D, _F32_1D, _I32_1D)
 
 
 @njit(_TOPK_ONE_SIG, **_KW)
@@ -274,41 +273,6 @@ def topk_one(theta, x, k, allow, fptr, fthr, fad):  # pragma: no cover - compile
     return idx, lg, pr
 
 
-@njit(_TOPK_BATCH_SIG, **_KW)
-def topk_batch(theta, X, k, allow, fptr, fthr, fad):  # pragma: no cover - compiled
-    """Fused top-k for B users: arrays [B, k'] as in :func:`topk_one`, one row per user.
-
-    k' = min(k, #allowed). A row whose user has fewer eligible ads (content rules) is
-    padded at the end with idx -1, logit -inf, prob 0.
-    """
-    B, F = X.shape
-    n_ok = _n_allowed(theta.shape[0], allow)
-    kk = max(min(k, n_ok), 0)
-    idx = np.empty((B, kk), np.int64)
-    lg = np.empty((B, kk), np.float32)
-    pr = np.empty((B, kk), np.float32)
-    if kk == 0:
-        return idx, lg, pr
-    X64 = np.empty((B, F), np.float64)
-    for b in range(B):
-        if not _load_f64(X, b, X64[b]):
-            raise ValueError("X contains NaN or inf")
-    ns = n_ok if kk > INSERTION_MAX_K else 0
-    si = np.empty(ns, np.int64)
-    sv = np.empty(ns, np.float32)
-    has_rules = fptr.shape[0] != 0
-    ex = np.zeros(theta.shape[0] if has_rules else 0, np.uint8)
-    for b in range(B):
-        fired = _exclusion_mask(fptr, fthr, fad, X, b, ex) if has_rules else 0
-        n = _topk_into(theta, X64[b], kk, allow, ex, idx[b], lg[b], si, sv)
-        if fired:
-            _clear_mask(fptr, fthr, fad, X, b, ex)
-        if n < 0:
-            raise ValueError(_THETA_BAD)
-        _finish_row(idx[b], lg[b], pr[b], n)
-    return idx, lg, pr
-
-
 @njit(types.int64(_OUT_F32_2D, _F32_2D, _I32_1D, _F32_1D, _I32_1D), **_KW)
 def mask_excluded(Z, X, fptr, fthr, fad):  # pragma: no cover - compiled
     """Z f32[B, M] logits: set Z[b, a] = -inf where a content rule of ad a fires for X[b];
@@ -337,4 +301,4 @@ def sigmoid(z):  # pragma: no cover - compiled
 
 
 #: Every compiled entry point, for warm-up and tests.
-KERNELS = ("score_all", "score_matrix", "topk_one", "topk_batch", "mask_excluded", "contributions", "sigmoid")
+KERNELS = ("score_all", "score_matrix", "topk_one", "mask_excluded", "contributions", "sigmoid")

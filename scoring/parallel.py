@@ -3,24 +3,23 @@
 Imported only by :func:`scoring.set_threads` with n > 1, so a default process never
 compiles these or starts a thread pool. Results are identical to the single-threaded
 kernels (each user's row is computed by the same code; only the user order differs).
+The batch top-k selection is not rewritten here: it is the same Python body as the
+serial one (:func:`scoring.batch._select_block`), compiled with ``parallel=True``.
 """
 from __future__ import annotations
+
+import types as types_
 
 import numpy as np
 from numba import njit, prange
 
-from .rules import _exclusion_mask
+from . import batch as _batch
 from .kernels import (
     _F32_2D,
     _OUT_F32_2D,
     _THETA_BAD,
-    _TOPK_BATCH_SIG,
-    INSERTION_MAX_K,
-    _finish_row,
     _load_f64,
-    _n_allowed,
     _scores_into,
-    _topk_into,
 )
 
 _KW = dict(cache=True, nogil=True, fastmath=False, error_model="numpy", parallel=True)
@@ -54,33 +53,15 @@ def score_matrix(theta, X):  # pragma: no cover - compiled
     return out
 
 
-@njit(_TOPK_BATCH_SIG, **_KW)
-def topk_batch(theta, X, k, allow, fptr, fthr, fad):  # pragma: no cover - compiled
-    """Parallel twin of :func:`scoring.kernels.topk_batch` (arrays [B, k'], padded rows)."""
-    B, F = X.shape
-    n_ok = _n_allowed(theta.shape[0], allow)
-    kk = max(min(k, n_ok), 0)
-    idx = np.empty((B, kk), np.int64)
-    lg = np.empty((B, kk), np.float32)
-    pr = np.empty((B, kk), np.float32)
-    if kk == 0:
-        return idx, lg, pr
-    ns = n_ok if kk > INSERTION_MAX_K else 0
-    status = np.zeros(B, np.uint8)
-    M_ex = theta.shape[0] if fptr.shape[0] != 0 else 0
-    for b in prange(B):
-        xd = np.empty(F, np.float64)
-        if not _load_f64(X, b, xd):
-            status[b] = 1
-        else:
-            ex = np.zeros(M_ex, np.uint8)
-            if M_ex:
-                _exclusion_mask(fptr, fthr, fad, X, b, ex)
-            n = _topk_into(theta, xd, kk, allow, ex, idx[b], lg[b],
-                           np.empty(ns, np.int64), np.empty(ns, np.float32))
-            if n < 0:
-                status[b] = 2
-            else:
-                _finish_row(idx[b], lg[b], pr[b], n)
-    _raise_for(status)
-    return idx, lg, pr
+def _clone(fn, suffix: str):
+    """A copy of ``fn`` under another qualified name, so Numba's on-disk cache (keyed by
+    qualified name and line) keeps the parallel compilation apart from the serial one."""
+    g = types_.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    g.__qualname__ = fn.__qualname__ + suffix
+    g.__module__ = fn.__module__
+    return g
+
+
+#: The parallel compilation of :func:`scoring.batch._select_block` (the same body as the
+#: serial :data:`scoring.batch.select_block`; prange over the block's users).
+select_block = njit(_batch.SELECT_SIG, **_KW)(_clone(_batch._select_block, "_parallel"))

@@ -100,6 +100,45 @@ def topk_batch(
     return idx, lg, sigmoid(lg.ravel()).reshape(lg.shape)
 
 
+def topk_batch_gemm(
+    theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Twin of :func:`scoring.batch.topk_batch`: float32 matmul logits prune, float64 decides.
+
+    Same steps as the kernel (see :mod:`scoring.batch` for the error margin): per user,
+    T = k'-th largest float32 matmul logit of the candidates, keep candidates within
+    ``2 tol + 2 ulp`` of T, re-score them in float64 and rank (ties -> lower index).
+    ``exclude``: None or bool [B, M], True = ad removed for that user (the kernel's -inf
+    hook); short rows are padded with idx -1, logit -inf, prob 0. Results equal
+    :func:`topk_batch` whenever ``exclude`` is None.
+    """
+    M, F = theta.shape
+    B = X.shape[0]
+    ok = np.ones(M, bool) if allow is None or len(allow) == 0 else np.asarray(allow) != 0
+    kk = max(min(int(k), int(ok.sum())), 0)
+    idx = np.full((B, kk), -1, np.int64)
+    lg = np.full((B, kk), -np.inf, np.float32)
+    if kk == 0 or B == 0:
+        return idx, lg, np.zeros((B, kk), np.float32)
+    _check_finite("X", X)
+    with np.errstate(all="ignore"):
+        Z = np.matmul(X, theta.T, dtype=np.float32)
+        c = np.abs(theta.astype(np.float64)).max(axis=0) if M else np.zeros(F)
+        tol = (F + 1) * 2.0**-23 * (np.abs(X.astype(np.float64)) @ c)
+    for b in range(B):
+        v = np.flatnonzero(ok if exclude is None else ok & ~exclude[b])
+        if tol[b] < 1e30 and len(v) > kk:
+            t = float(np.partition(Z[b, v], len(v) - kk)[len(v) - kk])
+            v = v[Z[b, v].astype(np.float64) >= t - (2 * tol[b] + 2.0**-22 * (abs(t) + 2 * tol[b]) + 1e-37)]
+        z = _logits64(theta[v], X[b]).astype(np.float32)
+        order = np.argsort(-z, kind="stable")[:kk]
+        idx[b, : len(order)] = v[order]
+        lg[b, : len(order)] = z[order]
+    pr = np.where(idx >= 0, sigmoid(lg.ravel()).reshape(lg.shape), np.float32(0.0)).astype(np.float32)
+    return idx, lg, pr
+
+
 def contributions(theta_row: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Per-feature contributions f32[F] = theta_row * x (float32 products)."""
     return np.multiply(theta_row, x, dtype=np.float32)

@@ -2,7 +2,8 @@
 
 A dataset is a directory with five files (UTF-8 CSV with a header row, comma-separated,
 standard quoting; column order within a file does not matter, extra columns are ignored
-except in ``users.csv``)::
+except in ``users.csv``). Each ``X.csv`` may be given as ``X.parquet`` instead (same columns;
+values are checked exactly as the CSV text would be, a row N is reported as line N + 1)::
 
     my-dataset/
       dataset.json       what the logs mean
@@ -320,16 +321,49 @@ class Dataset:
 
 
 # -- reading ----------------------------------------------------------------------------------
+def _parquet_cell(v: Any) -> str:
+    """A Parquet value as the text the CSV reader would have seen (floats round-trip exactly)."""
+    if v is None:
+        return ""
+    if isinstance(v, datetime):
+        return (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (as text) of a Parquet table, so the CSV checks apply unchanged."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for truncated or foreign files
+        raise DatasetError(f"{path.name}: cannot read Parquet file ({e})") from None
+    header = [str(n).strip() for n in table.column_names]
+    cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    return header, [[_parquet_cell(c[r]) for c in cols] for r in range(table.num_rows)]
+
+
 def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    if not path.is_file():
-        raise DatasetError(f"missing file {path.name} (expected at {path})")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise DatasetError(f"{path.name}: empty file (no header row)") from None
-        rows = list(reader)
+    """Header and rows of ``path`` (a .csv name); ``X.parquet`` is read instead of a missing
+    ``X.csv``. Both present is refused (which one is meant?)."""
+    pq_path = path.with_suffix(".parquet")
+    if pq_path.is_file() and path.is_file():
+        raise DatasetError(f"both {path.name} and {pq_path.name} exist; keep one")
+    if pq_path.is_file():
+        header, rows = _read_parquet(pq_path)
+        path = pq_path
+    elif not path.is_file():
+        raise DatasetError(f"missing file {path.name} or {pq_path.name} (expected at {path})")
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                raise DatasetError(f"{path.name}: empty file (no header row)") from None
+            rows = list(reader)
     missing = [c for c in required if c not in header]
     if missing:
         raise DatasetError(f"{path.name}: missing column(s) {', '.join(missing)} (header: {', '.join(header)})")
@@ -345,7 +379,21 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[list
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
     """Read and validate a dataset directory (see the module docstring for the layout)."""
-    root = Path(path)
+    try:
+        return _load_dataset(Path(path))
+    except DatasetError as e:
+        # the checks name the CSV files; say the Parquet name where that file was read
+        msg = str(e)
+        root = Path(path)
+        for name in ("ads", "interactions", "users", "features"):
+            if (root / f"{name}.parquet").is_file() and not (root / f"{name}.csv").is_file():
+                msg = msg.replace(f"{name}.csv", f"{name}.parquet")
+        if msg == str(e):
+            raise
+        raise DatasetError(msg) from None
+
+
+def _load_dataset(root: Path) -> Dataset:
     if not root.is_dir():
         raise DatasetError(f"dataset directory not found: {root}")
     meta_path = root / "dataset.json"

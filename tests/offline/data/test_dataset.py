@@ -224,3 +224,49 @@ def test_synthetic_is_deterministic_and_category_driven():
     with pytest.raises(ValueError, match="n_features"):
         make_synthetic(n_features=40)
     assert make_synthetic(n_ads=5, n_users=10, n_features=8)[0].X.shape == (10, 8)
+
+
+def _to_parquet(d, name: str) -> None:
+    """Replace d/name.csv by d/name.parquet (numbers typed by pyarrow, ids kept as text)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    src = d / f"{name}.csv"
+    ids = {c: pa.string() for c in ("user_id", "ad_id", "name", "definition", "title", "description",
+                                     "image_path", "image_caption", "category")}
+    t = pcsv.read_csv(src, convert_options=pcsv.ConvertOptions(column_types=ids))
+    pq.write_table(t, d / f"{name}.parquet")
+    src.unlink()
+
+
+def test_parquet_files_load_like_csv(tmp_path, small):
+    ds, _ = small
+    d = save_dataset(ds, tmp_path / "d")
+    want = load_dataset(d)
+    for name in ("ads", "interactions", "users", "features"):
+        _to_parquet(d, name)
+    got = load_dataset(d)
+    assert_same(want, got)
+    assert not list(d.glob("*.csv"))
+
+
+def test_parquet_files_are_checked_like_csv(tmp_path, small):
+    import pyarrow.parquet as pq
+
+    ds, _ = small
+    d = save_dataset(ds, tmp_path / "d")
+    _to_parquet(d, "users")
+    t = pq.read_table(d / "users.parquet")
+    col = t.column_names[1]
+    vals = t.column(col).to_pylist()
+    vals[3] = float("nan")
+    pq.write_table(t.set_column(1, col, [vals]), d / "users.parquet")
+    with pytest.raises(DatasetError, match=rf"users.parquet line 5: feature '{col}' is not finite"):
+        load_dataset(d)
+    (d / "users.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DatasetError, match="users.parquet: cannot read Parquet file"):
+        load_dataset(d)
+    save_dataset(ds, tmp_path / "d")  # users.csv back beside users.parquet
+    with pytest.raises(DatasetError, match="both users.csv and users.parquet exist"):
+        load_dataset(d)
