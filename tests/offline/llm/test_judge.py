@@ -143,7 +143,7 @@ def test_poisoned_judge_answers_are_retried_then_fail_the_ad(tmp_path):
         fb = gen(server, tmp_path / "d", judge="flag", max_retries=1, on_failure="knn").generate(
             ads[0], nbs[0], FEATS)
     assert bad.failed.startswith("judge batch 0") and np.all(np.isnan(bad.theta))  # never published
-    assert bad.cost["invalid"] == 3 and bad.judge is None
+    assert bad.cost["invalid"] == 3 and bad.judge["verdicts"] == {}  # no verdict accepted
     assert fb.fallback == "knn" and np.all(np.isfinite(fb.theta))
 
 
