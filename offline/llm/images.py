@@ -66,11 +66,11 @@ def _downscale(data: bytes, mime: str, max_bytes: int, max_side: int) -> tuple[b
             img = im.copy()
     except Exception as e:  # corrupt file behind a valid magic number
         raise ImageError(f"image cannot be decoded: {type(e).__name__}: {e}") from None
-    side = max_side
     fmt, out_mime = ("PNG", "image/png") if mime == "image/png" else ("JPEG", "image/jpeg")
     if fmt == "JPEG" and img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
-    for _ in range(8):  # shrink until under both limits
+    side = min(max_side, max(img.size))
+    for _ in range(12):  # shrink until under both limits
         w, h = img.size
         scale = min(1.0, side / max(w, h))
         cand = img.resize((max(1, int(w * scale)), max(1, int(h * scale)))) if scale < 1.0 else img

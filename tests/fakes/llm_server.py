@@ -147,7 +147,8 @@ def _render(weights: dict[str, float], reasoning: bool, behaviour: str,
 
 def _inline(part: dict) -> tuple[str, bytes]:
     d = part.get("inlineData") or part.get("inline_data")
-    return d.get("mimeType") or d.get("mime_type"), base64.b64decode(d["data"])
+    b64 = d["data"].replace("-", "+").replace("_", "/")  # the client may send url-safe base64, unpadded
+    return d.get("mimeType") or d.get("mime_type"), base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
 
 
 def _data_url(url: str) -> tuple[str, bytes]:
