@@ -25,9 +25,10 @@ from offline.llm.judge import JUDGE_VERSION, build_judge_prompt, judge_key, pars
 from offline.llm.retrying import CallFailed
 
 if TYPE_CHECKING:  # pragma: no cover
-    from offline.generators.llm import LLMGenerator
     from offline.llm.judge import JudgeAnswer
     from offline.types import Neighbour
+
+LLMGenerator = Any  # offline.generators.llm.LLMGenerator; not imported: it imports this module
 
 __all__ = ["review_ad"]
 
