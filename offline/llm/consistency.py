@@ -113,8 +113,11 @@ def measure_consistency(llm: "RetryingLLM", ads: Sequence[Any], generated: Seque
             continue
         system, user, schema, keys = build_polarity_prompt(ad, rat)
         key = content_hash(POLARITY_VERSION, ad_content_hash(ad), llm.backend.fingerprint(), user)
+        def parse(t: str, ks: tuple[str, ...] = keys) -> dict[str, int]:
+            return parse_polarity(t, ks)
+
         try:
-            pol = llm.ask(system, user, schema, lambda t, ks=keys: parse_polarity(t, ks), key, seed,
+            pol = llm.ask(system, user, schema, parse, key, seed,
                           {"kind": "polarity", "ad_id": str(getattr(ad, "ad_id", ""))}, cost)
         except CallFailed:
             failed += 1
