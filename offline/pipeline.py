@@ -15,29 +15,29 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from offline.data.artifact import UserTable, WeightArtifact
 from offline.data.cache import content_hash, load_npy, save_npy_atomic
 from offline.data.dataset import Dataset, Split, load_dataset
+from offline.config import StrictConfig
 from offline.errors import InputError
 from offline.generators import registry
 from offline.stages.prepared import Prepared
 from offline.types import WeightGenerator
 
-ON_FAILURE = ("fallback", "exclude", "abort")
 
 
 class BuildError(RuntimeError):
     """A stage failed; nothing was published. The message names the stage and the cause."""
 
 
-@dataclass
-class BuildConfig:
+class BuildConfig(StrictConfig):
     """Everything a build depends on (JSON-serialisable; stored in the manifest).
 
     dataset: a dataset directory in the documented layout, ``synthetic[:SEED]``, or
@@ -60,71 +60,28 @@ class BuildConfig:
     """
 
     dataset: str = "synthetic"
-    split_quantile: float | None = None
+    split_quantile: Annotated[float, Field(gt=0, lt=1)] | None = None
     split_cutoff: float | None = None
-    min_interactions: int | None = None
-    l2: float | None = None
-    l2_grid: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-    embedder: str = "minilm"
+    min_interactions: Annotated[int, Field(ge=1)] | None = None
+    l2: Annotated[float, Field(gt=0)] | None = None
+    l2_grid: tuple[Annotated[float, Field(gt=0)], ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    embedder: Annotated[str, Field(pattern=r"^(minilm|openclip:.+)$")] = "minilm"
     use_caption: bool = True
-    k: int = 20
+    k: Annotated[int, Field(ge=1)] = 20
     generator: str = "knn-content"
-    generator_options: dict[str, Any] = field(default_factory=dict)
+    generator_options: dict[str, Any] = Field(default_factory=dict)
     normalize: bool | None = None
     shift: bool | None = None
-    user_sample: int = 2000
-    on_failure: str = "fallback"
-    limit_cold: int | None = None
+    user_sample: Annotated[int, Field(ge=1)] = 2000
+    on_failure: Literal["fallback", "exclude", "abort"] = "fallback"
+    limit_cold: Annotated[int, Field(ge=1)] | None = None
     work_dir: str = ".llmhyper-work"
     seed: int = 0
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
-        self.generator = registry.canonical(self.generator)
-        if self.on_failure not in ON_FAILURE:
-            raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {self.on_failure!r}")
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
-        if self.limit_cold is not None and self.limit_cold < 1:
-            raise ValueError(f"limit_cold must be >= 1 or null, got {self.limit_cold}")
-        if self.user_sample < 1:
-            raise ValueError(f"user_sample must be >= 1, got {self.user_sample}")
-        if self.l2 is not None and not self.l2 > 0:
-            raise ValueError(f"l2 must be > 0, got {self.l2}")
-        if not (self.embedder == "minilm" or self.embedder.startswith("openclip:")):
-            raise ValueError(f"embedder must be 'minilm' or 'openclip:MODEL[:PRETRAINED]', got {self.embedder!r}")
-
+    @field_validator("generator")
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BuildConfig":
-        """Build from a dict (e.g. a JSON config file); unknown keys are an error."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        if "l2_grid" in d:
-            d["l2_grid"] = tuple(float(x) for x in d["l2_grid"])
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "BuildConfig":
-        """Load a JSON config file."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a JSON object")
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["l2_grid"] = list(self.l2_grid)
-        return d
+    def _known_generator(cls, v: str) -> str:
+        return registry.canonical(v)  # an alias becomes the canonical name
 
 
 # -- stage 0: the data ---------------------------------------------------------------------------
@@ -326,7 +283,6 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
     Raises BuildError (nothing is returned, so nothing can be published) when a stage fails or,
     with ``on_failure='abort'``, when any ad failed.
     """
-    cfg.validate()
     t_start = time.perf_counter()
     ds = dataset if dataset is not None else load_source(cfg.dataset)
     prep = prepare(ds, cfg, quiet)

@@ -78,7 +78,6 @@ def _optimize(args: argparse.Namespace) -> int:
         candidates(variants, shots)
         backend = make_backend(args.generator, {k: opts.pop(k) for k in list(opts) if k in BACKEND_KEYS})
         cfg = BuildConfig(dataset=args.dataset, k=args.k, embedder=args.embedder, work_dir=args.work_dir)
-        cfg.validate()
     except ValueError as e:
         raise CLIError(str(e)) from None
     opts.setdefault("cache_dir", str(Path(args.work_dir) / "llm-cache"))

@@ -67,7 +67,6 @@ def _robustness(args: argparse.Namespace) -> int:
     try:  # everything that can reject the arguments, before any training or caching
         cfg = pipeline.BuildConfig(dataset=args.dataset, generator=args.generator, k=args.k, work_dir=args.work_dir,
                                    generator_options=dict(backend_opts) if registry.spec(args.generator).uses_llm else {})
-        cfg.validate()
         gen = pipeline.make_generator(cfg)
         rewriter: Any = (cf.GenreRewriter() if args.rewriter == "rules" else
                          cf.LLMRewriter(make_backend(args.rewriter, backend_opts),

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from offline import metrics as M
 from offline import pipeline
+from offline.config import StrictConfig
 from offline.evaluation.serving import InMemoryServing, ServingPath
 
 BASE_METHODS = ("lrwarm", "lrcold", "popularity", "embedding", "knn-raw", "knn-raw+cal", "default")
@@ -40,8 +42,7 @@ COLD_BASELINES = ("lrcold", "popularity", "knn-raw")
 METRICS = ("auc", "ndcg5", "ndcg10", "per_ad_auc", "ctr_rho", "log_loss", "ece", "hr5", "cov5")
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(StrictConfig):
     """Settings of one evaluation run (JSON-serialisable; written into the report).
 
     dataset: as in BuildConfig (``movielens-100k``, ``synthetic[:SEED]``, a layout dir).
@@ -56,50 +57,38 @@ class EvalConfig:
     """
 
     dataset: str = "movielens-100k"
-    seeds: int = 10
-    test_frac: float = 0.2
-    k: int = 20
+    seeds: Annotated[int, Field(ge=1)] = 10
+    test_frac: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    k: Annotated[int, Field(ge=1)] = 20
     methods: tuple[str, ...] = BASE_METHODS
-    generator: str | None = None
-    generator_options: dict[str, Any] = field(default_factory=dict)
-    llm_shots: tuple[int, ...] = (0, 3, 5)
+    generator: Literal["gemini", "openai"] | None = None
+    generator_options: dict[str, Any] = Field(default_factory=dict)
+    llm_shots: tuple[Annotated[int, Field(ge=0)], ...] = (0, 3, 5)
     llm_captions: tuple[bool, ...] = (True, False)
-    default_options: dict[str, Any] = field(default_factory=dict)
-    user_sample: int = 2000
-    ece_bins: int = 10
-    latency_users: int = 200
+    default_options: dict[str, Any] = Field(default_factory=dict)
+    user_sample: Annotated[int, Field(ge=1)] = 2000
+    ece_bins: Annotated[int, Field(ge=1)] = 10
+    latency_users: Annotated[int, Field(ge=0)] = 200
     work_dir: str = ".llmhyper-work"
     out_dir: str = "eval-report"
     quiet: bool = False
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if not 0.0 < self.test_frac < 1.0:
-            raise ValueError(f"test_frac must be in (0, 1), got {self.test_frac}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        bad = [m for m in self.methods if m not in BASE_METHODS]
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [m for m in v if m not in BASE_METHODS]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; known: {list(BASE_METHODS)}")
-        if self.generator not in (None, "gemini", "openai"):
-            raise ValueError(f"generator must be 'gemini' or 'openai' (or None), got {self.generator!r}")
-        if any(s < 0 for s in self.llm_shots):
-            raise ValueError(f"llm_shots must be >= 0, got {self.llm_shots}")
-        if self.latency_users < 0:
-            raise ValueError(f"latency_users must be >= 0, got {self.latency_users}")
-        if self.default_options:
+        return v
+
+    @field_validator("default_options")
+    @classmethod
+    def _default_options_build(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v:
             from offline.generators.content_knn import ContentKNNGenerator
 
-            ContentKNNGenerator(**self.default_options)  # names the unknown or bad option
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["methods"] = list(self.methods)
-        d["llm_shots"] = list(self.llm_shots)
-        d["llm_captions"] = list(self.llm_captions)
-        return d
+            ContentKNNGenerator(**v)  # names the unknown or bad option
+        return v
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -175,11 +164,9 @@ class Evaluator:
     """Runs the protocol for an :class:`EvalConfig`; ``run()`` returns the result dict."""
 
     def __init__(self, cfg: EvalConfig, dataset: Any | None = None, serving: ServingPath | None = None) -> None:
-        cfg.validate()
         self.cfg = cfg
         self.build_cfg = pipeline.BuildConfig(dataset=cfg.dataset, k=cfg.k, work_dir=cfg.work_dir,
                                               user_sample=cfg.user_sample)
-        self.build_cfg.validate()
         self.dataset = dataset
         self.serving: ServingPath = serving if serving is not None else InMemoryServing()
         self.versions: dict[str, dict[int, Any]] = {}

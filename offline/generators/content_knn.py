@@ -23,12 +23,14 @@ How the defaults were chosen, and the options that lost and were removed, are in
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 import numpy as np
+from pydantic import BeforeValidator, Field
 from scipy.special import expit
+
+from offline.config import ConfigError, StrictConfig
 
 from offline.data.content import DAY, ContentEncoder
 from offline.generators.common import deterministic, logit_ctr
@@ -107,8 +109,15 @@ class _BaseIntercepts:
         return lo
 
 
-@dataclass
-class ContentKNNConfig:
+def _integral(v: Any) -> Any:
+    """5.0 (a JSON number) is the count 5; anything else is left for the strict int check."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+Count = Annotated[int, BeforeValidator(_integral), Field(ge=1)]
+
+
+class ContentKNNConfig(StrictConfig):
     """Settings of :class:`ContentKNNGenerator` (defaults chosen on pseudo-cold retired ads).
 
     User part: ``k`` neighbours mixed by softmax(similarity / ``temperature``); ``drift``: apply
@@ -126,70 +135,27 @@ class ContentKNNConfig:
     keep the drift corrections only if the retired ads' validation folds say they help.
     """
 
-    k: int = 20
-    temperature: float = 0.1
+    k: Count = 20
+    temperature: Annotated[float, Field(gt=0)] = 0.1
     drift: bool = True
-    intercept: str = "stacked"
-    ridge_l2: float = 10.0
-    recency_scale_days: float | None = 7.0
-    ctr_k: int = 20
+    intercept: Literal["stacked", "neighbour_ctr", "content", "neighbours"] = "stacked"
+    ridge_l2: Annotated[float, Field(gt=0)] = 10.0
+    recency_scale_days: Annotated[float, Field(gt=0)] | None = 7.0
+    ctr_k: Count = 20
     ctr_drift: bool = True
-    ctr_gain: float = 1.0
+    ctr_gain: Annotated[float, Field(ge=0)] = 1.0
     quantile_map: bool = True
-    stack_frac: float = 0.2
+    stack_frac: Annotated[float, Field(gt=0, lt=1)] = 0.2
     stack_content: bool = True
-    stack_l2: float = 0.0
+    stack_l2: Annotated[float, Field(ge=0)] = 0.0
     content_embedding: bool = True
     recency_interactions: bool = False
-    user_sample: int = 2000
-    seed: int = 0
+    user_sample: Count = 2000
+    seed: Annotated[int, BeforeValidator(_integral)] = 0
     auto_drift: bool = True
-
-    def validate(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.ctr_k < 1:
-            raise ValueError(f"ctr_k must be >= 1, got {self.ctr_k}")
-        if self.intercept not in INTERCEPTS:
-            raise ValueError(f"intercept must be one of {INTERCEPTS}, got {self.intercept!r}")
-        if not self.ridge_l2 > 0:
-            raise ValueError(f"ridge_l2 must be > 0, got {self.ridge_l2}")
-        if self.recency_scale_days is not None and not self.recency_scale_days > 0:
-            raise ValueError(f"recency_scale_days must be > 0 or None, got {self.recency_scale_days}")
-        if not (self.ctr_gain >= 0 and math.isfinite(self.ctr_gain)):
-            raise ValueError(f"ctr_gain must be a finite number >= 0, got {self.ctr_gain}")
-        if not 0.0 < self.stack_frac < 1.0:
-            raise ValueError(f"stack_frac must be in (0, 1), got {self.stack_frac}")
-        if not (self.stack_l2 >= 0 and math.isfinite(self.stack_l2)):
-            raise ValueError(f"stack_l2 must be a finite number >= 0, got {self.stack_l2}")
 
 
 INTERCEPTS = ("stacked", "neighbour_ctr", "content", "neighbours")
-
-
-_NUMERIC_OR_NONE = ("recency_scale_days",)
-
-
-def _check_option_type(key: str, value: Any, default: Any) -> None:
-    """Raise ValueError naming ``key`` when ``value`` has the wrong type for the option (a
-    string where a number is due, a number where a switch is due, ...)."""
-    if key in _NUMERIC_OR_NONE:
-        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-    elif isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and isinstance(default, int) and not isinstance(default, bool):
-            ok = float(value).is_integer()
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    else:
-        ok = True
-    if not ok:
-        raise ValueError(f"ContentKNNGenerator option {key!r} must be like {default!r} "
-                         f"({type(default).__name__}), got {value!r}")
 
 
 class ContentKNNGenerator:
@@ -204,23 +170,17 @@ class ContentKNNGenerator:
     name = "knn-content"
 
     def __init__(self, config: ContentKNNConfig | None = None, **kwargs: Any) -> None:
-        cfg = config or ContentKNNConfig()
-        defaults = ContentKNNConfig()
-        for key, v in kwargs.items():
-            if not hasattr(cfg, key):
-                raise ValueError(f"unknown ContentKNNGenerator option {key!r}")
-            default = getattr(defaults, key)
-            _check_option_type(key, v, default)
-            if isinstance(default, int) and not isinstance(default, bool):
-                v = int(v)  # 5.0 from JSON is the count 5
-            setattr(cfg, key, v)
-        cfg.validate()
-        self.cfg = cfg
+        unknown = sorted(set(kwargs) - set(ContentKNNConfig.model_fields))
+        if unknown:
+            raise ConfigError(f"unknown ContentKNNGenerator option {unknown[0]!r}; known: "
+                              f"{sorted(ContentKNNConfig.model_fields)}")
+        base = config.model_dump() if config is not None else {}
+        self.cfg = ContentKNNConfig(**{**base, **kwargs})
         self._fitted = False
 
     def config(self) -> dict:
         """The settings (and, once fitted, the stacked intercept coefficients), for the manifest."""
-        d = dict(self.cfg.__dict__)
+        d = self.cfg.model_dump()
         if getattr(self, "selection", None):
             d["selection"] = self.selection
         if self._fitted and self.stack is not None:
@@ -325,7 +285,7 @@ class ContentKNNGenerator:
                                sp.cutoff, X, emb_by_id, warm_ads=[ds.ads[i] for i in sp.warm])
 
     def _choose_drift(self, prep: "Prepared") -> None:
-        base = {k: v for k, v in self.cfg.__dict__.items() if k != "auto_drift"}
+        base = self.cfg.model_dump(exclude={"auto_drift"})
         candidates = {"drift as configured": {**base, "auto_drift": False},
                       "drift off": {**base, "drift": False, "ctr_drift": False, "auto_drift": False}}
         try:

@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 from offline import metrics as M
+from offline.stages.train import newton_logreg
 
 __all__ = ["shift_weights", "effective_size", "weighted_auc", "weighted_metrics"]
-
-
-def _logreg_newton(Z: np.ndarray, y: np.ndarray, l2: float, iters: int = 50) -> np.ndarray:
-    """L2 logistic regression (intercept unpenalised) by Newton's method: Z f64[n, p], y 0/1
-    [n] -> beta [p + 1] (index 0 = intercept)."""
-    D = np.concatenate([np.ones((Z.shape[0], 1)), Z], axis=1)
-    b = np.zeros(D.shape[1])
-    pen = np.full(D.shape[1], l2)
-    pen[0] = 0.0
-    for _ in range(iters):
-        p = expit(D @ b)
-        g = D.T @ (p - y) + pen * b
-        H = (D * (p * (1 - p))[:, None]).T @ D + np.diag(pen + 1e-9)
-        step = np.linalg.solve(H, g)
-        b -= step
-        if np.max(np.abs(step)) < 1e-8:
-            break
-    return b
 
 
 def shift_weights(A_src: np.ndarray, A_tgt: np.ndarray, l2: float = 1.0, cap: float = 10.0) -> np.ndarray:
@@ -49,7 +31,10 @@ def shift_weights(A_src: np.ndarray, A_tgt: np.ndarray, l2: float = 1.0, cap: fl
     keep = sd > 1e-12
     Z = (A[:, keep] - mu[keep]) / sd[keep]
     y = np.r_[np.zeros(A_src.shape[0]), np.ones(A_tgt.shape[0])]
-    b = _logreg_newton(Z, y, l2)
+    D = np.concatenate([np.ones((Z.shape[0], 1)), Z], axis=1)
+    pen = np.full(D.shape[1], float(l2))
+    pen[0] = 0.0  # the intercept is not penalised
+    b, _ = newton_logreg(D, y, pen, max_iter=50, tol=1e-8)
     w = np.exp(b[0] + Z[: A_src.shape[0]] @ b[1:])  # odds p(tgt|x) / p(src|x)
     for _ in range(200):  # renormalise and cap until the cap holds at mean 1
         w = w / w.mean()

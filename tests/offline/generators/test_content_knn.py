@@ -102,10 +102,10 @@ def test_stack_content_and_ridge_options_shape_the_stack():
     assert abs(b[1]) + abs(b[2]) < abs(a[1]) + abs(a[2])  # the ridge penalty shrinks the stack
 
 
-@pytest.mark.parametrize("opts, msg", [({"intercept": "genre"}, "intercept must be one of"),
+@pytest.mark.parametrize("opts, msg", [({"intercept": "genre"}, "intercept: Input should be 'stacked'"),
                                        ({"shrink": 0.5}, "unknown ContentKNNGenerator option 'shrink'"),
-                                       ({"stack_l2": -1.0}, "stack_l2 must be"),
-                                       ({"stack_l2": float("nan")}, "stack_l2 must be")])
+                                       ({"stack_l2": -1.0}, "stack_l2: Input should be greater than or equal to 0"),
+                                       ({"stack_l2": float("nan")}, "stack_l2: Input should be a finite number")])
 def test_stack_options_are_checked(opts, msg):
     with pytest.raises(ValueError, match=msg):
         ContentKNNGenerator(**opts)
@@ -229,11 +229,11 @@ def test_register_embedding_gives_a_new_ad_its_own_content_intercept():
         g.register_embedding("bad", np.full(emb.shape[1], np.nan))
 
 
-@pytest.mark.parametrize("opts, msg", [({"stack_l2": "abc"}, "'stack_l2' must be like 0.0"),
-                                       ({"k": "5"}, "'k' must be like 20"), ({"k": 2.5}, "'k' must be like 20"),
-                                       ({"drift": 1}, "'drift' must be like True"),
-                                       ({"stack_content": "yes"}, "'stack_content' must be like True"),
-                                       ({"recency_scale_days": "7"}, "'recency_scale_days'")])
+@pytest.mark.parametrize("opts, msg", [({"stack_l2": "abc"}, "stack_l2: Input should be a valid number"),
+                                       ({"k": "5"}, "k: Input should be a valid integer"), ({"k": 2.5}, "k: Input should be a valid integer"),
+                                       ({"drift": 1}, "drift: Input should be a valid boolean"),
+                                       ({"stack_content": "yes"}, "stack_content: Input should be a valid boolean"),
+                                       ({"recency_scale_days": "7"}, "recency_scale_days: Input should be a valid number")])
 def test_option_types_are_checked_with_the_option_named(opts, msg):
     with pytest.raises(ValueError, match=msg):
         ContentKNNGenerator(**opts)
