@@ -357,7 +357,10 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
         "generator": getattr(gen, "name", cfg.generator),
         "generator_config": gen.config() if cfg.generator == "knn-content" else None,
         "model": getattr(getattr(gen, "backend", None), "model", None),
-        "prompt_version": PROMPT_VERSION if registry.spec(cfg.generator).uses_llm else None,
+        "prompt_version": (gen.config().get("prompt_version", PROMPT_VERSION)  # type: ignore[attr-defined]
+                           if registry.spec(cfg.generator).uses_llm else None),
+        "prompt_file": gen.config().get("prompt_file") if registry.spec(cfg.generator).uses_llm else None,  # type: ignore[attr-defined]
+        "judge": cfg.generator_options.get("judge", "off") if registry.spec(cfg.generator).uses_llm else None,
         "embedder": cfg.embedder,
         "k": cfg.k,
         "l2": prep.l2,

@@ -37,7 +37,8 @@ class Generated:
     cost: counters -- calls, retries, invalid, cache_hits, input_tokens, output_tokens,
     llm_seconds, backoff_seconds, errors {reason: count}. failed: reason or None.
     flags: prompt-injection flags of the ad text. fallback: "knn" if theta is the KNN fallback.
-    analysis: the model's short ad analysis (reasoning mode).
+    analysis: the model's short ad analysis (reasoning mode). judge: verdicts of the LLM judge
+    (offline/generators/judging.py), None when the judge is off.
     """
 
     theta: np.ndarray
@@ -49,6 +50,7 @@ class Generated:
     flags: list[str] = field(default_factory=list)
     fallback: str | None = None
     analysis: str = ""
+    judge: dict | None = None  # the LLM judge's final verdicts, rounds and content rules (judge on)
 
     @property
     def usable(self) -> bool:
@@ -67,6 +69,7 @@ class Generated:
             "failed": self.failed,
             "fallback": self.fallback,
             "flags": list(self.flags),
+            **({"judge": self.judge} if self.judge is not None else {}),
         }
 
 

@@ -29,6 +29,10 @@ def _build_args(p: argparse.ArgumentParser) -> None:
                    help=f"weight generator: {GENERATOR_HELP} (default: the config's, else knn-content)")
     p.add_argument("--model", default=None, help="LLM model name (gemini / openai generators)")
     p.add_argument("--base-url", default=None, help="LLM endpoint base URL (OpenAI-compatible server, or a Gemini proxy)")
+    p.add_argument("--judge", choices=("off", "flag", "regenerate"), default=None,
+                   help="LLM-as-judge review of the written weights (LLM generators; default off)")
+    p.add_argument("--prompt", default=None, metavar="FILE",
+                   help="versioned prompt file from 'llmhyper optimize-prompt' (LLM generators)")
     p.add_argument("--embedder", default=None, help="'minilm' or 'openclip:MODEL[:PRETRAINED_TAG_OR_CHECKPOINT]'")
     p.add_argument("--k", type=int, default=None, help="reference ads per cold ad")
     p.add_argument("--limit", type=int, default=None, dest="limit_cold",
@@ -60,10 +64,27 @@ def _config_from_args(args: argparse.Namespace):
             opts["model"] = args.model
         if getattr(args, "base_url", None):
             opts["base_url"] = args.base_url
+        _llm_flags(args, opts)
         merged = {**cfg.to_dict(), **overrides, "generator_options": opts}
-        return BuildConfig.from_dict(merged)
+        out = BuildConfig.from_dict(merged)
+        from offline.generators.registry import spec
+
+        if (opts.get("judge", "off") != "off" or opts.get("prompt_file")) and not spec(out.generator).uses_llm:
+            raise ValueError(f"--judge / --prompt need an LLM generator (gemini, openai), not {out.generator!r}")
+        return out
     except ValueError as e:
         raise CLIError(str(e)) from None
+
+
+def _llm_flags(args: argparse.Namespace, opts: dict[str, Any]) -> None:
+    """--judge and --prompt into the LLM generator's options (the prompt file is checked here: exit 2)."""
+    if getattr(args, "judge", None):
+        opts["judge"] = args.judge
+    if getattr(args, "prompt", None):
+        from offline.llm.prompt_file import load_prompt_file
+
+        load_prompt_file(args.prompt)  # ValueError naming the file
+        opts["prompt_file"] = str(Path(args.prompt).resolve())
 
 
 def publish_result(result, store_path: str, rules_path: str | None = None) -> str:
@@ -123,6 +144,10 @@ def _build(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         result.artifact.save(out)
         result.users.save(out.with_suffix(".users.npz"))
+        if (cfg.generator_options.get("judge") or "off") != "off":  # the judge's content rules, for publish --rules
+            from offline.llm.judge import rules_from_records, write_rules_file
+
+            write_rules_file(out.with_suffix(".rules.json"), rules_from_records(result.artifact.ad_records))
     version = None if args.no_publish else publish_result(result, args.store, args.rules)
     report = {"version": version, **result.report}
     if args.json:

@@ -56,6 +56,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=_int_list, default=(0, 3, 5), help="LLM shots values (default 0,3,5)")
     p.add_argument("--captions", type=_bool_list, default=(True, False), help="caption settings (default on,off)")
     p.add_argument("--samples", type=int, default=None, help="LLM samples averaged per feature batch")
+    p.add_argument("--prompt", default=None, metavar="FILE",
+                   help="versioned prompt file from 'llmhyper optimize-prompt' (sets the LLM shots too)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
                    help="extra generator option (repeatable), e.g. --option batch_size=8")
     p.add_argument("--default-option", action="append", default=[], metavar="KEY=JSON",
@@ -101,11 +103,20 @@ def run(args: argparse.Namespace) -> int:
         opts["base_url"] = args.base_url
     if args.samples is not None:
         opts["n_samples"] = args.samples
+    shots = tuple(args.shots)
+    if args.prompt:
+        from offline.llm.prompt_file import load_prompt_file
+
+        try:
+            shots = (load_prompt_file(args.prompt).shots,)
+        except ValueError as e:
+            return bad(str(e))
+        opts["prompt_file"] = args.prompt
     methods = BASE_METHODS if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
     try:
         cfg = EvalConfig(dataset=args.dataset, seeds=args.seeds, test_frac=args.test_frac, k=args.k,
                          methods=methods, generator=args.generator, generator_options=opts,
-                         llm_shots=tuple(args.shots), llm_captions=tuple(args.captions),
+                         llm_shots=shots, llm_captions=tuple(args.captions),
                          default_options=default_opts,
                          latency_users=args.latency_users, work_dir=args.work_dir, out_dir=args.out,
                          quiet=args.quiet)

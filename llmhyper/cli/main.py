@@ -22,6 +22,7 @@ def _register_commands() -> None:
     import llmhyper.cli.client_cmds  # noqa: F401
     import llmhyper.cli.evaluate_cmd  # noqa: F401
     import llmhyper.cli.loadtest_cmd  # noqa: F401
+    import llmhyper.cli.optimize_cmd  # noqa: F401
     import llmhyper.cli.robustness_cmd  # noqa: F401
     import llmhyper.cli.score_cmd  # noqa: F401
     import llmhyper.cli.serve_cmd  # noqa: F401

@@ -233,6 +233,9 @@ class Evaluator:
                         cost[key] = cost.get(key, 0) + (g.cost or {}).get(key, 0)
                 self.llm_info[name] = {"n_failed": n_failed, "seconds": time.perf_counter() - t0, "cost": cost,
                                        "model": getattr(getattr(gen, "backend", None), "model", None)}
+                from offline.evaluation.consistency import llm_row_consistency  # paper eq. 5
+
+                self.llm_info[name].update(llm_row_consistency(gen, self.prep.cold_ads, generated, feats))
                 out[name] = theta
         return out
 

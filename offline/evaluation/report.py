@@ -76,13 +76,18 @@ def markdown(result: dict) -> str:
               "store, seed-0 version of each method; n/a for the embedding baseline (not a linear model). "
               "Log-loss / ECE are n/a for the embedding baseline (its scores are similarities, not CTRs).", ""]
     if result.get("llm"):
-        lines += ["## LLM generation", "", "| variant | model | failed ads | calls | tokens in/out | seconds |",
-                  "|---|---|---|---|---|---|"]
+        from offline.evaluation.consistency import consistency_cells
+
+        lines += ["## LLM generation", "", "| variant | model | failed ads | calls | tokens in/out | seconds | "
+                  "HR@5* | Cov@5* | consistency |", "|---|---|---|---|---|---|---|---|---|"]
         for n, info in result["llm"].items():
             c = info.get("cost", {})
             lines.append(f"| {n} | {info.get('model')} | {info.get('n_failed')} | {c.get('calls', 0)} | "
-                         f"{c.get('input_tokens', 0)}/{c.get('output_tokens', 0)} | {info.get('seconds', 0):.1f} |")
-        lines.append("")
+                         f"{c.get('input_tokens', 0)}/{c.get('output_tokens', 0)} | {info.get('seconds', 0):.1f} | "
+                         + consistency_cells(result.get("summary", {}).get(n, {}), info) + " |")
+        lines += ["", "Consistency = share of (ad, feature) rationales whose polarity, read by a judge call, agrees "
+                  "with the sign of the generated (uncalibrated) weight (paper eq. 5); n/a without rationales "
+                  "(ask for them with `--default-option reasoning=true`).", ""]
     t = result.get("timings", {})
     lines += ["Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if isinstance(v, (int, float))), ""]
     return "\n".join(lines)

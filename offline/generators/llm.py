@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -22,7 +22,10 @@ from offline.llm.cache import ad_content_hash, answer_key
 from offline.llm.parse import ParsedAnswer, parse_weights
 from offline.generators.knn import RawKNNGenerator
 from offline.types import Generated, Neighbour, check_features, check_neighbours
-from offline.llm.prompts import PROMPT_VERSION, PromptConfig, build_prompt, feature_batches, scan_ad_text
+from offline.data.cache import content_hash
+from offline.llm.images import MAX_BYTES, MAX_SIDE, ImageError, load_image
+from offline.llm.judge import JUDGE_MODES, feedback_block
+from offline.llm.prompts import Prompt, PromptConfig, build_prompt, feature_batches, scan_ad_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from offline.data.dataset import Ad
@@ -65,6 +68,12 @@ class LLMGenerator(RetryingLLM):
         on_failure: str = "exclude",
         min_samples: int | None = None,
         knn: RawKNNGenerator | None = None,
+        judge: str = "off",
+        judge_rounds: int = 1,
+        images: bool = True,
+        image_max_bytes: int = MAX_BYTES,
+        image_max_side: int = MAX_SIDE,
+        prompt_file: Any = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if n_samples < 1:
@@ -75,8 +84,21 @@ class LLMGenerator(RetryingLLM):
             raise ValueError(f"on_failure must be 'exclude' or 'knn', got {on_failure!r}")
         if min_samples is not None and not (1 <= min_samples <= n_samples):
             raise ValueError(f"min_samples must be in 1..n_samples, got {min_samples}")
+        if judge not in JUDGE_MODES:
+            raise ValueError(f"judge must be one of {JUDGE_MODES}, got {judge!r}")
+        if isinstance(judge_rounds, bool) or not isinstance(judge_rounds, int) or not 0 <= judge_rounds <= 5:
+            raise ValueError(f"judge_rounds must be an integer in 0..5, got {judge_rounds!r}")
+        if image_max_bytes < 1024 or image_max_side < 16:
+            raise ValueError("image_max_bytes must be >= 1024 and image_max_side >= 16")
         feature_batches(1, batch_size)  # validates batch_size
-        prompt_config = PromptConfig(shots=shots, use_caption=use_caption, reasoning=reasoning, bound=bound)
+        pf = None
+        if prompt_file is not None:  # a versioned prompt file (llmhyper optimize-prompt) sets shots too
+            from offline.llm.prompt_file import PromptFile, load_prompt_file
+
+            pf = prompt_file if isinstance(prompt_file, PromptFile) else load_prompt_file(prompt_file)
+            shots = pf.shots
+        prompt_config = PromptConfig(shots=shots, use_caption=use_caption, reasoning=reasoning, bound=bound,
+                                     **({"instruction": pf.instruction, "version": pf.version} if pf else {}))
         # last: it creates the cache directory, which a rejected configuration must not leave behind
         super().__init__(backend, cache_dir, max_retries, backoff_base, backoff_cap, max_concurrency, sleep)
         self.n_samples = int(n_samples)
@@ -88,6 +110,10 @@ class LLMGenerator(RetryingLLM):
         self.on_failure = on_failure
         self.min_samples = int(min_samples or n_samples)
         self.knn = knn or RawKNNGenerator()
+        self.judge, self.judge_rounds = judge, int(judge_rounds)
+        self.images = bool(images)
+        self.image_max_bytes, self.image_max_side = int(image_max_bytes), int(image_max_side)
+        self.prompt_file = pf
         self.name = f"llm:{backend.name}:{backend.model}"
 
     def config(self) -> dict:
@@ -95,7 +121,9 @@ class LLMGenerator(RetryingLLM):
         c = self.prompt_config
         return {
             "backend": self.backend.name, "model": self.backend.model,
-            "fingerprint": self.backend.fingerprint(), "prompt_version": PROMPT_VERSION,
+            "fingerprint": self.backend.fingerprint(), "prompt_version": c.version,
+            "prompt_file": self.prompt_file.manifest_entry() if self.prompt_file else None,
+            "judge": self.judge, "judge_rounds": self.judge_rounds, "images": self.images,
             "n_samples": self.n_samples, "batch_size": self.batch_size, "shots": c.shots,
             "use_caption": c.use_caption, "reasoning": c.reasoning, "bound": self.bound,
             "bias_mode": self.bias_mode, "on_failure": self.on_failure, "min_samples": self.min_samples,
@@ -106,16 +134,55 @@ class LLMGenerator(RetryingLLM):
     def _parse(self, text: str, keys: Sequence[str]) -> ParsedAnswer:
         return parse_weights(text, keys, bound=self.bound, reasoning=self.prompt_config.reasoning)
 
-    def _sample(self, prompt, key: str, seed: int, meta: dict, cost: dict) -> ParsedAnswer:
-        """One validated answer for a feature batch (cache, else backend with retries)."""
-        return self.ask(prompt.system, prompt.user, prompt.schema, lambda text: self._parse(text, prompt.keys),
-                        key, seed, meta, cost, record=lambda ans: {"weights": ans.weights})
+    # ------------------------------------------------------------------ one batch
+    def _batch(self, ad: "Ad", neighbours: list[Neighbour], feats: list[tuple[str, str]], findex: dict,
+               bcols: list[int], ctx: dict, cost: dict, round_: int = 0,
+               notes: Sequence[dict] = ()) -> tuple[np.ndarray, dict[str, str], str, int, str]:
+        """``n_samples`` answers for one feature batch: (samples f64[n, len(bcols)] NaN where
+        rejected, rationale, analysis, accepted count, last failure reason). Round > 0 is a
+        regeneration after the judge rejected features (``notes`` shown to the model)."""
+        batch = [feats[c] for c in bcols]
+        prompt = build_prompt(ad, neighbours, batch, findex, self.prompt_config)
+        if notes:
+            prompt = Prompt(prompt.system, prompt.user.replace("\n\n## Output", "\n\n" + feedback_block(notes)
+                                                               + "\n\n## Output", 1),
+                            prompt.schema, prompt.keys, prompt.reasoning)
+        psha = prompt.sha256()
+        version = self.prompt_config.version + (f"|regen{round_}" if round_ else "")
+        n = self.n_samples
+        out = np.full((n, len(bcols)), np.nan)
+        rationale: dict[str, str] = {}
+        analysis, accepted, last_reason = "", 0, ""
+        for s in range(n):
+            key = answer_key(ad_hash=ctx["ahash"], batch_names=prompt.keys, prompt_version=version,
+                             model=ctx["fp"], sample=s, neighbour_ids=ctx["nb_ids"], prompt_sha=psha,
+                             seed=self.seed + s)
+            meta = {"key": key, "prompt_sha": psha, "prompt_version": version, "model": ctx["fp"],
+                    "sample": s, "seed": self.seed + s, "batch": list(prompt.keys), "ad_hash": ctx["ahash"],
+                    "neighbour_ids": ctx["nb_ids"], **({"round": round_} if round_ else {})}
+            try:
+                ans = self.ask(prompt.system, prompt.user, prompt.schema,
+                               lambda text: self._parse(text, prompt.keys), key, self.seed + s, meta, cost,
+                               record=lambda a: {"weights": a.weights}, images=ctx["images"])
+            except CallFailed as e:
+                last_reason = e.reason
+                if n - (s + 1) + accepted < self.min_samples:
+                    break  # cannot reach min_samples any more
+                continue
+            accepted += 1
+            out[s] = [ans.weights[k] for k in prompt.keys]
+            for k, txt in ans.rationale.items():
+                rationale.setdefault(k, txt)
+            if ans.analysis and not analysis:
+                analysis = ans.analysis
+        return out, rationale, analysis, accepted, last_reason
 
     # ----------------------------------------------------------------------- one ad
 
     def generate(self, ad: "Ad", neighbours: list[Neighbour], features: list[tuple[str, str]]) -> Generated:
         """Weights f32[F] for one ad. Raises QuotaExhausted / auth FatalLLMError (job stops);
-        any other failure is returned as ``Generated.failed`` with the reason."""
+        any other failure (an answer, the judge, the ad's image) is returned as
+        ``Generated.failed`` with the reason."""
         feats = check_features(features)
         F = len(feats)
         if self.bias_mode == "neighbours" and feats[0][0] != "bias":
@@ -131,45 +198,42 @@ class LLMGenerator(RetryingLLM):
         if self.bias_mode == "neighbours":
             samples[:, 0] = float(knn.theta[0]) if knn is not None else 0.0
         shown = sorted(neighbours, key=lambda nb: -float(nb.similarity))[: self.prompt_config.shots]
-        nb_ids = [str(getattr(nb.ad, "ad_id", "")) for nb in shown]
-        ahash = ad_content_hash(ad)
-        fp = self.backend.fingerprint()
+        ctx = {"ahash": ad_content_hash(ad), "fp": self.backend.fingerprint(), "images": (),
+               "nb_ids": [str(getattr(nb.ad, "ad_id", "")) for nb in shown]}
         rationale: dict[str, str] = {}
         analysis = ""
         failed: str | None = None
+        judge_rec: dict | None = None
+        if self.images and getattr(ad, "image_path", None):
+            try:
+                img = load_image(ad.image_path, self.image_max_bytes, self.image_max_side)
+            except ImageError as e:
+                failed = f"image: {e}"
+            else:  # the bytes sent are part of every cache key: a replaced image asks again
+                ctx["images"] = (img,)
+                ctx["ahash"] = content_hash(ctx["ahash"], "image", img.sha256)
+                if img.downscaled:
+                    flags = sorted({*flags, "image:downscaled"})
 
-        for bi, pos in enumerate(feature_batches(len(cols), self.batch_size)):
-            bcols = [cols[p] for p in pos]
-            batch = [feats[c] for c in bcols]
-            prompt = build_prompt(ad, neighbours, batch, findex, self.prompt_config)
-            psha = prompt.sha256()
-            accepted = 0
-            last_reason = ""
-            for s in range(n):
-                key = answer_key(ad_hash=ahash, batch_names=prompt.keys, prompt_version=PROMPT_VERSION,
-                                 model=fp, sample=s, neighbour_ids=nb_ids, prompt_sha=psha,
-                                 seed=self.seed + s)
-                meta = {"key": key, "prompt_sha": psha, "prompt_version": PROMPT_VERSION, "model": fp,
-                        "sample": s, "seed": self.seed + s, "batch": list(prompt.keys), "ad_hash": ahash,
-                        "neighbour_ids": nb_ids}
-                try:
-                    ans = self._sample(prompt, key, self.seed + s, meta, cost)
-                except CallFailed as e:
-                    last_reason = e.reason
-                    if n - (s + 1) + accepted < self.min_samples:
-                        break  # cannot reach min_samples any more
-                    continue
-                accepted += 1
-                for k, c in zip(prompt.keys, bcols):
-                    samples[s, c] = ans.weights[k]
-                for k, txt in ans.rationale.items():
-                    rationale.setdefault(k, txt)
-                if ans.analysis and not analysis:
-                    analysis = ans.analysis
+        batches = [[cols[p] for p in pos] for pos in feature_batches(len(cols), self.batch_size)]
+        for bi, bcols in enumerate(batches if failed is None else []):
+            out, rat, ana, accepted, last_reason = self._batch(ad, neighbours, feats, findex, bcols, ctx, cost)
+            samples[:, bcols] = out
+            for k, txt in rat.items():
+                rationale.setdefault(k, txt)
+            analysis = analysis or ana
             if accepted < self.min_samples:
-                failed = (f"batch {bi} ({', '.join(prompt.keys[:3])}{', ...' if len(prompt.keys) > 3 else ''}): "
+                names = [feats[c][0] for c in bcols]
+                failed = (f"batch {bi} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): "
                           f"{accepted}/{n} samples accepted; {last_reason}")
                 break
+        if failed is None and self.judge != "off":
+            from offline.generators.judging import review_ad
+
+            failed, judge_rec = review_ad(self, ad, neighbours, feats, findex, batches, samples, rationale,
+                                          ctx, cost)
+            if judge_rec and judge_rec.get("unresolved"):
+                flags = sorted({*flags, "judge:unresolved"})
 
         with warnings.catch_warnings():  # all-NaN columns of a failed ad are expected
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -184,7 +248,5 @@ class LLMGenerator(RetryingLLM):
         return Generated(
             theta=theta.astype(np.float32), rationale=rationale, samples=samples.astype(np.float32),
             spread=spread.astype(np.float32), cost=cost, failed=failed, flags=flags,
-            fallback=fallback, analysis=analysis,
+            fallback=fallback, analysis=analysis, judge=judge_rec,
         )
-
-

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from offline.llm.images import ImagePart
 
 
 class LLMError(Exception):
@@ -70,9 +73,11 @@ class LLMBackend(Protocol):
     model: str  # model id sent to the provider
 
     def complete(
-        self, system: str, user: str, json_schema: dict | None = None, *, seed: int | None = None
+        self, system: str, user: str, json_schema: dict | None = None, *, seed: int | None = None,
+        images: Sequence[ImagePart] = (),
     ) -> LLMReply:
-        """Do one call. Raises RetryableLLMError, QuotaExhausted or FatalLLMError."""
+        """Do one call; ``images`` are sent with the user message (checked bytes, see
+        offline/llm/images.py). Raises RetryableLLMError, QuotaExhausted or FatalLLMError."""
         ...
 
     def fingerprint(self) -> str:

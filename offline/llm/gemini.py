@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from offline.llm.base import (
     FatalLLMError,
@@ -107,10 +107,21 @@ class GeminiBackend:
         """Settings that change answers: backend, model, temperature, output cap."""
         return f"gemini|{self.model}|t={self.temperature}|max={self.max_output_tokens}"
 
+    def _contents(self, user: str, images: Sequence[Any]) -> Any:
+        """The user turn: plain text, or a text part followed by one inline-data part per image."""
+        if not images:
+            return user
+        types = self._types
+        parts = [types.Part(text=user)]
+        parts += [types.Part(inline_data=types.Blob(mime_type=im.mime, data=im.data)) for im in images]
+        return [types.Content(role="user", parts=parts)]
+
     def complete(
-        self, system: str, user: str, json_schema: dict | None = None, *, seed: int | None = None
+        self, system: str, user: str, json_schema: dict | None = None, *, seed: int | None = None,
+        images: Sequence[Any] = (),
     ) -> LLMReply:
-        """One generateContent call; JSON mime type and (if given) a response JSON schema."""
+        """One generateContent call; JSON mime type and (if given) a response JSON schema.
+        ``images`` (ImagePart) go as inline-data parts after the text part of the user turn."""
         types = self._types
         cfg: dict[str, Any] = dict(
             system_instruction=system,
@@ -127,7 +138,7 @@ class GeminiBackend:
         t0 = time.perf_counter()
         try:
             resp = self._client.models.generate_content(
-                model=self.model, contents=user, config=types.GenerateContentConfig(**cfg)
+                model=self.model, contents=self._contents(user, images), config=types.GenerateContentConfig(**cfg)
             )
         except self._errors.APIError as e:
             headers = getattr(getattr(e, "response", None), "headers", None) or {}

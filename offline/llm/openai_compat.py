@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import httpx
 
@@ -80,10 +80,15 @@ class OpenAICompatBackend:
         """Close the HTTP connection pool."""
         self._client.close()
 
-    def _payload(self, system: str, user: str, schema: dict | None, seed: int | None, mode: str) -> dict:
+    def _payload(self, system: str, user: str, schema: dict | None, seed: int | None, mode: str,
+                 images: Sequence[Any] = ()) -> dict:
+        content: Any = user
+        if images:  # OpenAI vision form: a text part, then one base64 data-URL part per image
+            content = [{"type": "text", "text": user}] + [
+                {"type": "image_url", "image_url": {"url": f"data:{im.mime};base64,{im.b64()}"}} for im in images]
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": content}],
             "temperature": self.temperature,
         }
         if seed is not None:
@@ -102,13 +107,15 @@ class OpenAICompatBackend:
         return body
 
     def complete(
-        self, system: str, user: str, json_schema: dict | None = None, *, seed: int | None = None
+        self, system: str, user: str, json_schema: dict | None = None, *, seed: int | None = None,
+        images: Sequence[Any] = (),
     ) -> LLMReply:
-        """One chat-completions call. Raises RetryableLLMError, QuotaExhausted or FatalLLMError."""
+        """One chat-completions call (``images``: ImagePart, sent as data URLs). Raises
+        RetryableLLMError, QuotaExhausted or FatalLLMError."""
         url = f"{self.base_url}/chat/completions"
         while True:
             mode = self.format_mode
-            body = self._payload(system, user, json_schema, seed, mode)
+            body = self._payload(system, user, json_schema, seed, mode, images)
             t0 = time.perf_counter()
             try:
                 r = self._client.post(url, json=body, headers=self._headers)

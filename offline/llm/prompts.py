@@ -62,6 +62,8 @@ class PromptConfig:
     reasoning: bool = False
     bound: float = 10.0
     include_description: bool = True
+    instruction: str = ""  # extra guidance from a prompt file (offline/llm/prompt_file.py); ours, not the ad's
+    version: str = PROMPT_VERSION  # the prompt file's version when one is used
 
     def __post_init__(self) -> None:
         if self.shots < 0:
@@ -370,6 +372,8 @@ def build_prompt(
         f"- Every weight is a plain finite decimal number (for example 0.35 or -1.2) with absolute value at "
         f"most {_fmt(config.bound)}: never NaN, Infinity, a string, or null."
     )
+    if config.instruction:
+        criteria.append("- " + config.instruction.strip())
     parts.append("\n".join(criteria))
 
     key_list = json.dumps(list(keys), ensure_ascii=False)

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt
 
@@ -93,10 +93,12 @@ class RetryingLLM:
 
     # ------------------------------------------------------------------- one answer
     def ask(self, system: str, user: str, schema: dict | None, parse: Callable[[str], Any], key: str,
-            seed: int, meta: dict, cost: dict, record: Callable[[Any], dict] | None = None) -> Any:
+            seed: int, meta: dict, cost: dict, record: Callable[[Any], dict] | None = None,
+            images: Sequence[Any] = ()) -> Any:
         """One validated answer: ``parse(text)`` of the cached text for ``key``, or of a backend
         reply with retries. ``parse`` raises ParseError to reject an answer (counted against the
-        retry budget). The cache stores ``meta`` + the text + accounting + ``record(answer)``.
+        retry budget). ``images`` (ImagePart) go to the backend with the prompt; their hashes must
+        already be part of ``key``. The cache stores ``meta`` + the text + accounting + ``record(answer)``.
         Raises CallFailed, or QuotaExhausted / job-stopping FatalLLMError (after stopping)."""
         rec = self.cache.get(key)
         if rec is not None:
@@ -114,7 +116,8 @@ class RetryingLLM:
                 with self._sem:
                     self._check_stop()
                     cost["calls"] += 1
-                    reply = self.backend.complete(system, user, schema, seed=seed)
+                    reply = (self.backend.complete(system, user, schema, seed=seed, images=images) if images
+                             else self.backend.complete(system, user, schema, seed=seed))
                 cost["input_tokens"] += reply.input_tokens
                 cost["output_tokens"] += reply.output_tokens
                 cost["llm_seconds"] += reply.seconds

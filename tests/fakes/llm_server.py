@@ -22,10 +22,25 @@ duplicate. ``script()`` queues behaviours consumed in order (optionally only by 
 contain a substring); ``always()`` sets a persistent behaviour for matching prompts;
 ``stall_after(n)`` holds every request after n valid answers until ``release()``.
 Counters: per route, per (route, prompt hash), and a log of every request.
+
+Judge prompts (a ``judge_request`` block) get :meth:`FakeLLMServer.rule_judge`'s verdicts:
+``judge_always[feature]`` is that feature's verdict whatever the weight; ``judge_expect[feature]``
+(+1/-1) gives "wrong_sign" while the proposed weight's sign differs; everything else is "ok".
+``judge_rules`` ``[(title substring, feature, threshold)]`` add content rules for matching ads.
+Judge poison (``script([...], match="judge_request")``): prose, truncated, malformed, empty,
+missing, extra, nan (a rule with a NaN threshold), bad_verdict. A weight prompt carrying a
+``reviewer_notes`` block (a regeneration) gets the rule weights with every feature noted as
+wrong_sign negated and every other noted feature set to 0. Polarity prompts (a
+``polarity_request`` block): +1 for a rationale containing "more likely", -1 for "less likely",
+else 0. ``rationale_overrides[feature]`` replaces the rationale text of weight answers.
+``instruction_effects`` ``[(substring, factor)]`` multiply the weights of prompts containing
+the substring (prompt optimisation tests). Images sent with a request (Gemini inline data,
+OpenAI base64 data URLs) are decoded into ``requests[i]["images"]`` as (mime, bytes).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -59,6 +74,9 @@ def rule_weights(user_prompt: str, seed: int | None = None, jitter: float = 0.0)
         else:
             w = 0.01 * (i + 1)
         out[name] = round(max(-9.0, min(9.0, w + off)), 6)
+    for note in blocks.get("reviewer_notes", []):  # a regeneration: follow the reviewer
+        if note["name"] in out:
+            out[note["name"]] = -out[note["name"]] if note["verdict"] == "wrong_sign" else 0.0
     return out
 
 
@@ -80,7 +98,8 @@ def rule_rewrite(user_prompt: str) -> dict[str, str]:
             "modification_explanation": f"{kind} edit around {term}"}
 
 
-def _render(weights: dict[str, float], reasoning: bool, behaviour: str) -> str:
+def _render(weights: dict[str, float], reasoning: bool, behaviour: str,
+            rationale_overrides: dict[str, str] | None = None) -> str:
     """Answer text for a behaviour (valid or poisoned)."""
     w: dict[str, Any] = dict(weights)
     names = list(w)
@@ -102,7 +121,7 @@ def _render(weights: dict[str, float], reasoning: bool, behaviour: str) -> str:
     if reasoning:
         obj: Any = {
             "ad_analysis": "An ad; analysed by the fake server.",
-            "rationale": {n: f"rule-based weight for {n}" for n in names},
+            "rationale": {n: (rationale_overrides or {}).get(n, f"rule-based weight for {n}") for n in names},
             "weights": w,
         }
     else:
@@ -121,6 +140,53 @@ def _render(weights: dict[str, float], reasoning: bool, behaviour: str) -> str:
         text = "Sure! Based on the reference ads, here are the weights:\n" + text + "\nHope this helps."
     elif behaviour == "ok_fenced":
         text = "```json\n" + text + "\n```"
+    elif behaviour == "empty":
+        text = ""
+    return text
+
+
+def _inline(part: dict) -> tuple[str, bytes]:
+    d = part.get("inlineData") or part.get("inline_data")
+    b64 = d["data"].replace("-", "+").replace("_", "/")  # the client may send url-safe base64, unpadded
+    return d.get("mimeType") or d.get("mime_type"), base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+
+
+def _data_url(url: str) -> tuple[str, bytes]:
+    m = re.fullmatch(r"data:([^;,]+);base64,(.*)", url, re.DOTALL)
+    if not m:
+        raise ValueError(f"image_url is not a base64 data URL: {url[:40]!r}")
+    return m.group(1), base64.b64decode(m.group(2))
+
+
+def rule_polarity(user_prompt: str) -> dict[str, int]:
+    """The server's polarity of each rationale (see module docstring)."""
+    blocks = {m.group(1): json.loads(m.group(2)) for m in _BLOCK.finditer(user_prompt)}
+    out = {}
+    for r in blocks["rationales"]:
+        t = r["rationale"].lower()
+        out[r["name"]] = 1 if "more likely" in t else -1 if "less likely" in t else 0
+    return out
+
+
+def _render_judge(obj: dict, behaviour: str) -> str:
+    """Judge answer text for a behaviour (valid or poisoned)."""
+    obj = json.loads(json.dumps(obj))
+    names = list(obj["verdicts"])
+    if behaviour == "missing":
+        del obj["verdicts"][names[-1]]
+    elif behaviour == "extra":
+        obj["approve_all"] = True
+    elif behaviour == "bad_verdict":
+        obj["verdicts"][names[0]]["verdict"] = "maybe"
+    elif behaviour == "nan":
+        obj["content_rules"].append({"feature": names[0], "threshold": "__NAN__", "reason": "x"})
+    text = json.dumps(obj).replace('"__NAN__"', "NaN")
+    if behaviour == "prose":
+        text = "My review follows. " + text
+    elif behaviour == "truncated":
+        text = text[: len(text) // 2]
+    elif behaviour == "malformed":
+        text = text.replace(",", "", 1)
     elif behaviour == "empty":
         text = ""
     return text
@@ -146,6 +212,11 @@ class FakeLLMServer:
         self.stalled = 0
         self.inflight = 0
         self.max_inflight = 0
+        self.judge_always: dict[str, str] = {}
+        self.judge_expect: dict[str, int] = {}
+        self.judge_rules: list[tuple[str, str, float]] = []
+        self.rationale_overrides: dict[str, str] = {}
+        self.instruction_effects: list[tuple[str, float]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -192,6 +263,23 @@ class FakeLLMServer:
             self._admitted = 0
             self.stalled = 0
             self.max_inflight = 0
+
+    def rule_judge(self, user_prompt: str) -> dict:
+        """The server's judge answer for a review prompt (see module docstring)."""
+        blocks = {m.group(1): json.loads(m.group(2)) for m in _BLOCK.finditer(user_prompt)}
+        verdicts = {}
+        for p in blocks["proposed"]:
+            name, w = p["name"], float(p["weight"])
+            if name in self.judge_always:
+                verdicts[name] = {"verdict": self.judge_always[name], "reason": f"{name} always rejected"}
+            elif name in self.judge_expect and (1 if w > 0 else -1) != self.judge_expect[name]:
+                verdicts[name] = {"verdict": "wrong_sign", "reason": f"{name} should have sign {self.judge_expect[name]}"}
+            else:
+                verdicts[name] = {"verdict": "ok", "reason": "consistent with the ad"}
+        title = blocks["target_ad"].get("title", "")
+        rules = [{"feature": f, "threshold": t, "reason": f"improper for users high in {f}"}
+                 for sub, f, t in self.judge_rules if sub in title and f in verdicts]
+        return {"verdicts": verdicts, "content_rules": rules}
 
     @property
     def base_url(self) -> str:
@@ -271,6 +359,8 @@ class FakeLLMServer:
             rf: dict = {}
             try:
                 user = "".join(p.get("text", "") for c in body["contents"] for p in c["parts"])
+                images = [_inline(p) for c in body["contents"] for p in c["parts"]
+                          if "inlineData" in p or "inline_data" in p]
                 sys_inst = body.get("systemInstruction") or body.get("system_instruction") or {}
                 system = "".join(p.get("text", "") for p in sys_inst.get("parts", []))
                 gen = body.get("generationConfig") or body.get("generation_config") or {}
@@ -283,7 +373,19 @@ class FakeLLMServer:
             model = body.get("model", "")
             msgs = body.get("messages") or []
             system = "".join(x.get("content", "") for x in msgs if x.get("role") == "system")
-            user = "".join(x.get("content", "") for x in msgs if x.get("role") == "user")
+            user, images = "", []
+            for x in msgs:
+                if x.get("role") != "user":
+                    continue
+                c = x.get("content", "")
+                if isinstance(c, str):
+                    user += c
+                    continue
+                for part in c:  # vision form: text parts and image_url parts (base64 data URLs)
+                    if part.get("type") == "text":
+                        user += part.get("text", "")
+                    elif part.get("type") == "image_url":
+                        images.append(_data_url(part["image_url"]["url"]))
             seed = body.get("seed")
             rf = body.get("response_format") or {}
             schema = (rf.get("json_schema") or {}).get("schema") or {}
@@ -302,7 +404,7 @@ class FakeLLMServer:
                 self._admitted += 1  # counted on admission so concurrent requests cannot overshoot
             self.log.append({"route": route, "prompt_hash": phash, "seed": seed,
                              "behaviour": "stalled" if stall else behaviour, "t": time.time()})
-            self.requests.append({"route": route, "system": system, "user": user, "body": body,
+            self.requests.append({"route": route, "system": system, "user": user, "body": body, "images": images,
                                   "headers": {k.lower(): v for k, v in h.headers.items()}})
         if stall:
             self._release.wait(timeout=60)
@@ -333,8 +435,16 @@ class FakeLLMServer:
         try:
             if "<<<DATA rewrite_request>>>" in user:
                 text = _render(rule_rewrite(user), False, behaviour)
+            elif "<<<DATA judge_request>>>" in user:
+                text = _render_judge(self.rule_judge(user), behaviour)
+            elif "<<<DATA polarity_request>>>" in user:
+                text = json.dumps({"polarity": rule_polarity(user)})
             else:
-                text = _render(rule_weights(user, seed, self.jitter), reasoning, behaviour)
+                w = rule_weights(user, seed, self.jitter)
+                for sub, factor in self.instruction_effects:
+                    if sub in user or sub in system:
+                        w = {k: round(v * factor, 6) for k, v in w.items()}
+                text = _render(w, reasoning, behaviour, self.rationale_overrides)
         except (KeyError, ValueError, TypeError) as e:
             return self._send(h, 400, {"error": {"code": 400, "message": f"cannot read prompt: {e}", "status": "INVALID_ARGUMENT"}})
         if behaviour in _OK:
