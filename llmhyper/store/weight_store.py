@@ -12,6 +12,9 @@ versions   version id (``v000007``)                JSON header: seq, created_at,
 matrices   version id                              theta, float32 little-endian [M, F]
                                                    row-major (zero-padded to >= 1 page so it
                                                    lives on overflow pages: 16-byte aligned)
+           version id + ``\\0`` + array name          optional per-version float32 [M, F] arrays
+                                                   (e.g. ``sigma``, ``prior``), listed in the
+                                                   header's ``arrays``
 ad_ids     version id                              JSON list of ad ids in row order
 records    version id + ``\\0`` + ad id             JSON per-ad provenance / rationale
 users      user id                                 float32 [F_user] vector
@@ -509,7 +512,8 @@ class WeightStore:
     def publish(self, ad_ids: Sequence[str], theta: Any, features: Sequence[Any],
                 manifest: Mapping[str, Any] | None = None,
                 ad_records: Mapping[str, Mapping[str, Any]] | None = None,
-                users: tuple[Sequence[str], Any, Sequence[Any]] | None = None) -> str:
+                users: tuple[Sequence[str], Any, Sequence[Any]] | None = None,
+                arrays: Mapping[str, Any] | None = None) -> str:
         """Publish a new version and make it current, atomically.
 
         Args:
@@ -522,6 +526,9 @@ class WeightStore:
             users: optional ``(user_ids, X, features)`` replacing the user table in the SAME
                 transaction (see :meth:`put_users`), so readers never see the new weights
                 with the old user table or the reverse.
+            arrays: optional extra per-version arrays by name (identifier-like names), each
+                float32-castable [M, F] and finite, e.g. ``sigma`` (posterior std per ad and
+                feature) or ``prior`` (prior mean). Read back with :meth:`version_array`.
         Returns:
             The new version id (``v`` + 6-digit publish sequence number).
         Raises:
@@ -535,10 +542,17 @@ class WeightStore:
         now = time.time()
         man = check_manifest(manifest, now)
         recs = check_records(ad_records, ids)
+        extra = {}
+        for name, arr in (arrays or {}).items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise InvalidWeights(f"arrays: name must be an identifier like 'sigma', got {name!r}")
+            extra[name] = check_matrix(arr, f"arrays[{name!r}]", len(ids), len(feats))
         header_extra = {"features": [list(f) for f in feats], "manifest": man,
                         "created_at": float(man["created_at"]), "n_ads": mat.shape[0],
                         "n_features": mat.shape[1], "dtype": _DTYPE.str, "n_records": len(recs),
                         "format": FORMAT_VERSION}
+        if extra:
+            header_extra["arrays"] = sorted(extra)
         to_json(header_extra, "version header")
         ids_json = to_json(ids, "ad_ids")
         dbs = e.dbs
@@ -558,6 +572,8 @@ class WeightStore:
             txn.put(key, data, db=dbs["matrices"])
             txn.put(key, ids_json, db=dbs["ad_ids"])
             txn.put(key, to_json(hdr, "version header"), db=dbs["versions"])
+            for name, arr in extra.items():
+                txn.put(key + b"\x00" + name.encode(), arr.tobytes(), db=dbs["matrices"])
             for ad, rec in recs.items():
                 txn.put(key + b"\x00" + ad.encode(), rec, db=dbs["records"])
             if write_users is not None:
@@ -566,7 +582,8 @@ class WeightStore:
             txn.put(b"current", key, db=dbs["meta"])
             return version
 
-        hint = mat.nbytes + len(ids_json) + sum(len(r) + 64 for r in recs.values()) + 8192 + users_hint
+        hint = (mat.nbytes + len(ids_json) + sum(len(r) + 64 for r in recs.values()) + 8192 + users_hint
+                + sum(a.nbytes + 64 for a in extra.values()))
         return e.write(write, hint)
 
     def current_version(self) -> str | None:
@@ -693,8 +710,11 @@ class WeightStore:
             if cur is not None:
                 kept.add(cur.decode())
             removed = [h["version"] for h in hdrs if h["version"] not in kept]
+            arrays_of = {h["version"]: h.get("arrays", ()) for h in hdrs}
             for v in removed:
                 key = v.encode()
+                for name in arrays_of.get(v, ()):
+                    txn.delete(key + b"\x00" + name.encode(), db=dbs["matrices"])
                 for name in ("versions", "matrices", "ad_ids"):
                     txn.delete(key, db=dbs[name])
                 prefix = key + b"\x00"
@@ -709,6 +729,34 @@ class WeightStore:
         for v in removed:
             e.retire(v)
         return removed
+
+    def version_array(self, version: str, name: str) -> np.ndarray | None:
+        """The extra array ``name`` stored with ``version`` (see ``publish(arrays=...)``) as a
+        read-only float32 [M, F] copy, or None when that version has no such array.
+
+        Raises VersionNotFound for an unknown version.
+        """
+        e = self._env()
+        dbs = e.dbs
+        if not isinstance(version, str) or not isinstance(name, str):
+            raise StoreError("version_array(version, name) takes two str")
+
+        def get(txn: lmdb.Transaction) -> tuple[bytes | None, bytes | None]:
+            hdr = txn.get(version.encode(), db=dbs["versions"])
+            if hdr is None:
+                return None, None
+            buf = txn.get(version.encode() + b"\x00" + name.encode(), db=dbs["matrices"])
+            return bytes(hdr), None if buf is None else bytes(buf)
+
+        hdr_b, buf = e.read(get)
+        if hdr_b is None:
+            raise VersionNotFound(f"weight version {version!r} does not exist in {self._path!r}")
+        if buf is None:
+            return None
+        hdr = json.loads(hdr_b)
+        out = np.frombuffer(buf, dtype=_DTYPE).reshape(int(hdr["n_ads"]), int(hdr["n_features"])).copy()
+        out.flags.writeable = False
+        return out
 
     def ad_record(self, version: str, ad_id: str) -> dict | None:
         """The per-ad record (provenance, rationale) stored with ``version``, or None."""

@@ -1,0 +1,374 @@
+"""Replay evaluation of the warm-up policies over a dataset's active period.
+
+Per seed the users are split 80/20 at random (as in the evaluation protocol). The default
+generator (knn-content, fitted with the training users) writes each active ad's weights; they
+are published into a real store per policy. The active period (cutoff -> last log) is walked
+in steps of ``step_days``. At step k (t_k = cutoff + k * step):
+
+1. every policy's store is refreshed with the TRAINING users' logs of the active ads before
+   t_k, through the same code as ``llmhyper refresh`` (injected as ``ops``, since offline code
+   never imports the store);
+2. the next step [t_k, t_k+1) of the HELD-OUT users is scored from the store's zero-copy view
+   with ``scoring.score_matrix``. Logged impressions are scored as logged. Under implicit
+   negatives every held-out user active in the step (any logged interaction with an active
+   ad) is paired with every active ad launched before t_k+1 that the user had not clicked
+   before t_k: label 1 when the user clicked it in the step. All such non-clicks are kept
+   (a sampling rate of 1; the sets are small enough).
+
+Policies: ``frozen`` (generated weights), ``switch@N`` (hard switch at N clicks), ``prior``
+(prior-updated MAP), ``ceiling`` (LRwarm trained on the training users' labels of the whole
+active period: sees the future, an upper reference). Per step: AUC, NDCG@10 and log-loss,
+plus the rolling AUC pooled over the last ``rolling`` steps. The cold-start period of a
+policy is the first step from which its rolling AUC stays within ``band`` of the ceiling's
+rolling AUC to the end (None: never). Each finished seed is saved in the work dir, so a
+killed replay resumes at the next seed with identical output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from offline.evaluation import metrics as M
+from offline.warm.logs import Logs, counts_between, from_arrays
+
+DAY = 86400.0
+
+
+@dataclass
+class ReplayConfig:
+    """Settings of one replay (JSON-serialisable, written into the report).
+
+    dataset: layout dir, ``movielens-100k[:PATH]`` or ``synthetic[:SEED]``; seeds: user splits;
+    step_days: step length (days); min_clicks: the switch threshold; prior_scale: global prior
+    std (None: chosen on retired ads, offline.warm.scale); laplace: "diag"/"full"; rolling:
+    steps pooled in the rolling AUC; band: AUC distance to the ceiling that ends the cold start;
+    first_days: horizon of the "first days" summary; max_steps: cap on steps (None: all).
+    """
+
+    dataset: str = "movielens-100k"
+    seeds: int = 3
+    step_days: float = 1.0
+    min_clicks: int = 10
+    prior_scale: float | None = None
+    laplace: str = "diag"
+    rolling: int = 7
+    band: float = 0.02
+    first_days: float = 30.0
+    test_frac: float = 0.2
+    k: int = 20
+    max_steps: int | None = None
+    work_dir: str = ".llmhyper-work"
+    out_dir: str = "replay-report"
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if not (math.isfinite(self.step_days) and self.step_days > 0):
+            raise ValueError(f"step_days must be > 0, got {self.step_days}")
+        if self.min_clicks < 1:
+            raise ValueError(f"min_clicks must be >= 1, got {self.min_clicks}")
+        if self.prior_scale is not None and not (math.isfinite(self.prior_scale) and self.prior_scale > 0):
+            raise ValueError(f"prior_scale must be > 0, got {self.prior_scale}")
+        if self.laplace not in ("diag", "full"):
+            raise ValueError(f"laplace must be 'diag' or 'full', got {self.laplace!r}")
+        if self.rolling < 1:
+            raise ValueError(f"rolling must be >= 1, got {self.rolling}")
+        if not 0.0 < self.test_frac < 1.0:
+            raise ValueError(f"test_frac must be in (0, 1), got {self.test_frac}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+    def key(self) -> str:
+        """Hash of everything that changes the output (not out_dir / quiet)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("out_dir", "quiet", "work_dir")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StoreOps(Protocol):
+    """What the replay needs from the weight store (provided by ``llmhyper replay``)."""
+
+    def start(self, key: str, ad_ids: list[str], theta: np.ndarray, features: list, records: dict,
+              manifest: dict, users: tuple[list[str], np.ndarray]) -> np.ndarray:
+        """Publish generated weights into a fresh store named ``key``; return the theta view."""
+
+    def refresh(self, key: str, policy: str, min_clicks: int | None, logs: Logs, X: np.ndarray,
+                until: float) -> np.ndarray:
+        """Refresh store ``key`` with ``logs`` before ``until`` (llmhyper refresh); theta view."""
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[replay] {msg}", file=sys.stderr, flush=True)
+
+
+def step_metrics(theta_view: np.ndarray, X: np.ndarray, keep: np.ndarray, Y: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Score one step. keep: bool [B, C] scored pairs; Y: 0/1 [B, C]. Returns (metrics, labels, logits)."""
+    import scoring
+
+    users = np.flatnonzero(keep.any(axis=1))
+    if users.size == 0:
+        nan = float("nan")
+        return {"auc": nan, "ndcg10": nan, "log_loss": nan, "n_pairs": 0, "n_pos": 0, "n_users": 0}, \
+            np.zeros(0, np.uint8), np.zeros(0)
+    S = scoring.score_matrix(theta_view, np.ascontiguousarray(X[users], dtype=np.float32)).astype(np.float64)
+    k, y = keep[users], Y[users].astype(np.uint8)
+    labels, logits = y[k], S[k]
+    masked = np.where(k, S, -np.inf)
+    ranked = np.argsort(-masked, axis=1, kind="stable")[:, : min(10, S.shape[1])]
+    nd = M.ndcg_from_ranking(np.where(k, y, 0), ranked, 10)
+    nd = nd[np.isfinite(nd)]
+    has_both = 0 < labels.sum() < labels.size
+    return {"auc": M.auc(labels, logits) if has_both else float("nan"),
+            "ndcg10": float(nd.mean()) if nd.size else float("nan"),
+            "log_loss": M.log_loss_from_logits(labels, logits) if labels.size else float("nan"),
+            "n_pairs": int(labels.size), "n_pos": int(labels.sum()), "n_users": int(users.size)}, labels, logits
+
+
+def cold_start_period(rolling: list[float], ceiling: list[float], band: float) -> int | None:
+    """First step index from which ``rolling`` >= ``ceiling`` - band at every later finite step
+    (None when the last finite step is outside the band, or there is none)."""
+    rolling, ceiling = [_num(v) for v in rolling], [_num(v) for v in ceiling]
+    ok = [None if not (math.isfinite(a) and math.isfinite(c)) else a >= c - band for a, c in zip(rolling, ceiling)]
+    finite = [i for i, v in enumerate(ok) if v is not None]
+    if not finite or not ok[finite[-1]]:
+        return None
+    first = finite[-1]
+    for i in reversed(finite):
+        if not ok[i]:
+            break
+        first = i
+    return first
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _policies(cfg: ReplayConfig) -> dict[str, tuple[str, int | None]]:
+    return {"frozen": ("none", None), f"switch@{cfg.min_clicks}": ("switch", cfg.min_clicks), "prior": ("prior", None)}
+
+
+def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, ops: StoreOps,
+             progress: Callable | None = None) -> dict:
+    """Replay one user split; returns {policy: {"steps": [metrics...], "rolling_auc": [...]}, ...}."""
+    from offline import pipeline
+    from offline.evaluation.protocol import user_split
+    from offline.generators.content_knn import ContentKNNGenerator
+    from offline.stages import train
+
+    ds, sp = prep.dataset, prep.split
+    tr, te = user_split(ds.n_users, cfg.test_frac, seed)
+    gen = ContentKNNGenerator().fit(prep, users=tr)
+    generated = pipeline.generate_cold(prep, gen, quiet=True)
+    theta_gen = np.ascontiguousarray(np.stack([g.theta for g in generated]), dtype=np.float32)
+    cold_ids = [ds.ads[i].ad_id for i in sp.cold]
+    launched = ds.launched_at[sp.cold]
+    records = {a: {**g.record(), "launched_at": float(launched[c])} for c, (a, g) in enumerate(zip(cold_ids, generated))}
+    manifest = {"dataset": ds.name, "generator": gen.name, "implicit_negatives": bool(ds.implicit),
+                "prior_scale": float(prior_scale), "l2": float(prep.l2), "replay": True, "seed": seed}
+    X = np.ascontiguousarray(ds.X, dtype=np.float32)
+    if ds.implicit:
+        ceiling = train.train_logreg(X[tr], ds.labels(sp.cold)[tr], prep.l2)
+    else:
+        u, c, y = ds.pairs(sp.cold)
+        pos = np.full(ds.n_users, -1)
+        pos[tr] = np.arange(tr.size)
+        k = pos[u] >= 0
+        ceiling = train.train_logreg_pairs(X[tr], pos[u[k]], c[k], y[k], len(sp.cold), prep.l2)
+
+    col_of = np.full(ds.n_ads, -1, dtype=np.int64)
+    col_of[sp.cold] = np.arange(sp.cold.size)
+    rows = np.flatnonzero(col_of[ds.inter_ad] >= 0)
+
+    def logs_of(users: np.ndarray) -> Logs:
+        pos = np.full(ds.n_users, -1)
+        pos[users] = np.arange(users.size)
+        r = rows[pos[ds.inter_user[rows]] >= 0]
+        return from_arrays([ds.user_ids[i] for i in users], pos[ds.inter_user[r]], col_of[ds.inter_ad[r]],
+                           ds.inter_clicked[r], ds.inter_ts[r])
+
+    logs_tr, logs_te = logs_of(tr), logs_of(te)
+    X_tr, X_te = np.ascontiguousarray(X[tr]), np.ascontiguousarray(X[te])
+    users = ([ds.user_ids[i] for i in tr], X_tr)
+    pols = _policies(cfg)
+    views = {name: ops.start(f"{name}-s{seed}", cold_ids, theta_gen, list(ds.features), records, manifest, users)
+             for name in pols}
+    views["ceiling"] = ops.start(f"ceiling-s{seed}", cold_ids, ceiling, list(ds.features), {},
+                                 {**manifest, "generator": "lrwarm-ceiling"}, users)
+    t_end = float(ds.inter_ts[rows].max()) + 1.0
+    n_steps = int(math.ceil((t_end - sp.cutoff) / (cfg.step_days * DAY)))
+    if cfg.max_steps is not None:
+        n_steps = min(n_steps, cfg.max_steps)
+    out: dict[str, dict] = {n: {"steps": [], "rolling_auc": []} for n in [*pols, "ceiling"]}
+    pooled: dict[str, list] = {n: [] for n in out}
+    Cn = sp.cold.size
+    for k in range(n_steps):
+        t0 = sp.cutoff + k * cfg.step_days * DAY
+        t1 = t0 + cfg.step_days * DAY
+        for name, (policy, mc) in pols.items():
+            views[name] = ops.refresh(f"{name}-s{seed}", policy, mc, logs_tr, X_tr, t0)
+        et, ec = counts_between(logs_te, te.size, np.full(Cn, t0), np.full(Cn, t1), ds.implicit)
+        avail = (launched < t1)[None, :]
+        if ds.implicit:
+            _, before = counts_between(logs_te, te.size, launched, np.full(Cn, t0), True)
+            keep = (et > 0) & (before == 0) & avail
+        else:
+            keep = (et > 0) & avail
+        Y = ec > 0
+        for name in out:
+            m, lab, lg = step_metrics(views[name], X_te, keep, Y)
+            m["t"] = t0
+            pooled[name].append((lab, lg))
+            win = pooled[name][-cfg.rolling:]
+            yl = np.concatenate([w[0] for w in win])
+            sl = np.concatenate([w[1] for w in win])
+            out[name]["steps"].append(m)
+            out[name]["rolling_auc"].append(M.auc(yl, sl) if 0 < yl.sum() < yl.size else float("nan"))
+        if progress is not None:
+            progress(1)
+    return out
+
+
+def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
+    """Per policy: cold-start period (steps), mean AUC / NDCG@10 / log-loss over all steps and over
+    the first ``first_days``, pooled-free worst step gap to frozen (prior policies)."""
+    ceil = seed_out["ceiling"]["rolling_auc"]
+    first = [i for i, m in enumerate(seed_out["ceiling"]["steps"]) if m["t"] < cutoff + cfg.first_days * DAY]
+    res = {}
+    frozen_auc = np.array([_num(m["auc"]) for m in seed_out["frozen"]["steps"]], dtype=np.float64)
+    for name, d in seed_out.items():
+        auc = np.array([_num(m["auc"]) for m in d["steps"]], dtype=np.float64)
+        nd = np.array([_num(m["ndcg10"]) for m in d["steps"]], dtype=np.float64)
+        ll = np.array([_num(m["log_loss"]) for m in d["steps"]], dtype=np.float64)
+        diff = frozen_auc - auc
+        res[name] = {
+            "cold_start_steps": cold_start_period(d["rolling_auc"], ceil, cfg.band),
+            "auc": float(np.nanmean(auc)), "ndcg10": float(np.nanmean(nd)), "log_loss": float(np.nanmean(ll)),
+            "auc_first": float(np.nanmean(auc[first])) if first else float("nan"),
+            "ndcg10_first": float(np.nanmean(nd[first])) if first else float("nan"),
+            "worst_vs_frozen": float(np.nanmax(diff)) if np.isfinite(diff).any() else float("nan"),
+        }
+    return res
+
+
+def choose_scale(prep: Any, n_ads: int = 200) -> Any:
+    """The global prior scale chosen on retired ads only (offline.warm.scale): the ``n_ads``
+    latest-launched retired ads with >= 5 earlier retired ads replay their early days."""
+    from offline.warm.scale import choose_prior_scale, knn_priors
+
+    ds, sp = prep.dataset, prep.split
+    lw = ds.launched_at[sp.warm]
+    order = np.sort(lw)
+    n_earlier = np.searchsorted(order, lw, side="left")
+    cand = np.flatnonzero(n_earlier >= 5)
+    cand = cand[np.argsort(lw[cand], kind="stable")][-n_ads:]
+    if cand.size == 0:
+        raise ValueError("no retired ad has 5 earlier retired ads; pass a prior scale")
+    prior = knn_priors(prep.emb[sp.warm], lw, prep.warm_theta, cand)
+    col = np.full(ds.n_ads, -1, dtype=np.int64)
+    col[sp.warm[cand]] = np.arange(cand.size)
+    is_warm = np.zeros(ds.n_ads, dtype=bool)
+    is_warm[sp.warm] = True
+    r = np.flatnonzero(is_warm[ds.inter_ad])
+    logs = from_arrays(ds.user_ids, ds.inter_user[r], col[ds.inter_ad[r]], ds.inter_clicked[r], ds.inter_ts[r])
+    return choose_prior_scale(ds.X, logs, lw[cand], prior, ds.implicit)
+
+
+def _save(obj: Any, path: Path) -> None:
+    from offline.evaluation.protocol import save_json
+
+    tmp = path.with_suffix(".tmp")
+    save_json(obj, tmp)
+    tmp.replace(path)
+
+
+def run_replay(cfg: ReplayConfig, ops: StoreOps, dataset: Any | None = None) -> dict:
+    """Run every seed (resuming finished ones from the work dir) and return the result dict."""
+    from offline import pipeline
+
+    cfg.validate()
+    ds = dataset if dataset is not None else pipeline.load_source(cfg.dataset)
+    bcfg = pipeline.BuildConfig(dataset=cfg.dataset, k=cfg.k, work_dir=cfg.work_dir)
+    prep = pipeline.prepare(ds, bcfg, quiet=cfg.quiet)
+    work = Path(cfg.work_dir) / "replay" / f"{ds.name}-{cfg.key()}"
+    work.mkdir(parents=True, exist_ok=True)
+    scale_file = work / "prior_scale.json"
+    if cfg.prior_scale is not None:
+        scale_info = {"scale": cfg.prior_scale, "chosen": False}
+    elif scale_file.is_file():
+        scale_info = json.loads(scale_file.read_text())
+    else:
+        ch = choose_scale(prep)
+        scale_info = {"scale": ch.scale, "chosen": True, "n_ads": ch.n_ads, "note": ch.note,
+                      "table": {str(s): {str(h): v for h, v in row.items()} for s, row in ch.table.items()}}
+        _save(scale_info, scale_file)
+    _log(f"{ds.name}: {len(prep.split.cold)} active ads, prior scale {scale_info['scale']:g} "
+         f"({'chosen on retired ads' if scale_info['chosen'] else 'given'})", cfg.quiet)
+    per_seed: list[dict] = []
+    from tqdm import tqdm
+
+    for seed in range(cfg.seeds):
+        f = work / f"seed{seed}.json"
+        if f.is_file():
+            per_seed.append(json.loads(f.read_text()))
+            _log(f"seed {seed}: resumed from {f}", cfg.quiet)
+            continue
+        with tqdm(desc=f"replay seed {seed}", unit="step", disable=cfg.quiet, file=sys.stderr) as bar:
+            out = run_seed(cfg, prep, seed, float(scale_info["scale"]), ops, progress=bar.update)
+        _save(out, f)
+        per_seed.append(json.loads(f.read_text()))  # the same floats a resumed run reads
+    return aggregate(cfg, ds, prep, scale_info, per_seed)
+
+
+def _stat(v: list[float]) -> dict:
+    a = np.array([np.nan if x is None else x for x in v], dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}
+
+
+def aggregate(cfg: ReplayConfig, ds: Any, prep: Any, scale_info: dict, per_seed: list[dict]) -> dict:
+    """Summaries over seeds (mean ± std), per-step means for the plot, and the Done-means checks."""
+    cutoff = prep.split.cutoff
+    sums = [summarise_seed(cfg, s, cutoff) for s in per_seed]
+    names = list(per_seed[0])
+    summary = {}
+    for n in names:
+        summary[n] = {key: _stat([s[n][key] for s in sums]) for key in sums[0][n]}
+        summary[n]["cold_start_steps"]["per_seed"] = [s[n]["cold_start_steps"] for s in sums]
+    steps = {}
+    for n in names:
+        T = len(per_seed[0][n]["steps"])
+        steps[n] = {key: [_stat([s[n]["steps"][i][key] for s in per_seed])["mean"] for i in range(T)]
+                    for key in ("auc", "ndcg10", "log_loss", "n_pairs", "n_pos", "n_users")}
+        steps[n]["rolling_auc"] = [_stat([s[n]["rolling_auc"][i] for s in per_seed])["mean"] for i in range(T)]
+    steps["t"] = [m["t"] for m in per_seed[0]["ceiling"]["steps"]]
+    sw = f"switch@{cfg.min_clicks}"
+    checks = {}
+    if "prior" in summary and sw in summary:
+        p, s = summary["prior"], summary[sw]
+        cs = [(a, b) for a, b in zip(p["cold_start_steps"]["per_seed"], s["cold_start_steps"]["per_seed"])]
+        checks = {
+            "prior_beats_switch_first_days": p["auc_first"]["mean"] > s["auc_first"]["mean"],
+            "prior_reaches_band_no_later_than_switch": all(
+                a is not None and (b is None or a <= b) for a, b in cs),
+            "prior_never_below_frozen_by_0.01": p["worst_vs_frozen"]["n"] > 0 and
+            max(x["worst_vs_frozen"] for x in [ss["prior"] for ss in sums]) <= 0.01,
+        }
+    return {"config": asdict(cfg), "dataset": {"name": ds.name, "n_users": ds.n_users,
+                                               "n_active": int(len(prep.split.cold)),
+                                               "n_retired": int(len(prep.split.warm)), "cutoff": cutoff,
+                                               "implicit_negatives": bool(ds.implicit), "l2": prep.l2},
+            "prior_scale": scale_info, "summary": summary, "steps": steps, "checks": checks,
+            "per_seed_summary": sums}
