@@ -6,7 +6,9 @@ always fits ALL logs since launch against the generated weights: refreshing twic
 same logs gives the same weights, and nothing is counted twice. The new version carries
 ``sigma`` (posterior std, float32 [M, F]) and ``prior`` arrays and per-ad provenance under
 each record's ``refresh`` key (clicks and impressions seen, prior vs data weight, spread).
-Everything is checked first and published in one store transaction: a malformed log exits 2
+Under implicit negatives, a version whose manifest has ``click_delay_quantiles`` (seconds after
+launch, measured on retired ads) weighs each non-click by the share of clicks that have
+arrived by then (offline/warm/logs.py). Everything is checked first and published in one store transaction: a malformed log exits 2
 naming the line and publishes nothing; a refresh killed mid-way leaves the serving version.
 
 Examples::
@@ -85,7 +87,7 @@ def refresh_store(store: Any, logs: Any, X: Any, *, policy: str = "prior", min_c
     """
     import numpy as np
 
-    from offline.warm.logs import launch_times, window_counts
+    from offline.warm.logs import delay_cdf, launch_times, window_counts
     from offline.warm.policies import prior_from_records, refresh_weights
 
     check_policy_args(policy, min_clicks, prior_scale)
@@ -107,13 +109,15 @@ def refresh_store(store: Any, logs: Any, X: Any, *, policy: str = "prior", min_c
     if launched is None:
         launched = launch_times(b["records"], view.ad_ids, ads_csv)
     prior = prior_from_records(b["mu"], b["records"], float(prior_scale))
-    trials, clicks = window_counts(logs, X.shape[0], launched, until, bool(implicit))
+    quant = man.get("click_delay_quantiles")
+    cdf = delay_cdf(quant) if implicit and quant else None
+    trials, clicks = window_counts(logs, X.shape[0], launched, until, bool(implicit), cdf)
     res = refresh_weights(policy, prior, np.asarray(X), trials, clicks, min_clicks=min_clicks, l2=l2,
                           laplace=laplace, theta0=theta0)
     summary = {"policy": policy, "min_clicks": min_clicks, "prior_version": b["prior_version"],
                "base_version": view.version, "prior_scale": float(prior_scale), "laplace": laplace,
                "implicit_negatives": bool(implicit), "until": None if math.isinf(until) else float(until),
-               "l2": l2, "log_rows": int((logs.ts < until).sum()), "n_updated": int(sum(r["updated"] for r in res.records)),
+               "l2": l2, "delay_weighted": cdf is not None, "log_rows": int((logs.ts < until).sum()), "n_updated": int(sum(r["updated"] for r in res.records)),
                "clicks": int(clicks.sum()), "refreshed_at": time.time()}
     manifest = {k: v for k, v in man.items() if k not in ("created_at", "refresh")}
     manifest["refresh"] = summary
@@ -182,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             X = store.user_matrix(logs.user_ids)
         except UserNotFound as e:
-            uid = e.args[1] if len(e.args) > 1 else None
+            uid = e.user_id
             line = next((int(logs.line[i]) for i in range(logs.n) if logs.user_ids[logs.user[i]] == uid), None)
             raise CLIError(f"{args.logs} line {line}: unknown user_id {uid!r} (not in the store's user table); "
                            "nothing published") from None

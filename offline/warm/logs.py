@@ -10,9 +10,14 @@ Training counts (:func:`window_counts`) for the logs before a time ``until``:
 - logged impressions (``implicit=False``): trials[u, a] = impressions of ad a shown to user u,
   clicks[u, a] = how many of them were clicked;
 - implicit negatives (``implicit=True``, logs list clicks only): user u counts as one trial of
-  ad a when u was active (logged any interaction with any of these ads) at or after a's launch
-  and before ``until``; clicks[u, a] = 1 when u clicked a. A user not seen since a's launch is
-  no evidence either way.
+  ad a when u was active on another of these ads at or after a's launch and before ``until``
+  (activity that is only the click on a itself would admit every clicker but only the busy
+  non-clickers); clicks[u, a] = 1 when such a user clicked a. A user not seen since a's launch is
+  no evidence either way. Clicks arrive with a delay after launch, so a non-click of a young ad
+  is mostly "not yet": with a click-delay distribution F (:func:`delay_cdf`, measured on
+  retired ads) a non-click counts as F(until - launch) of a trial, a click as one. Under
+  p(click by t) = p F(t) this keeps the fitted rate near the lifetime rate p (exact as p -> 0),
+  which is what the generated weights predict.
 """
 
 from __future__ import annotations
@@ -128,14 +133,37 @@ def read_logs(path: str | os.PathLike, ad_index: Mapping[str, int], launched: np
                 np.array(rows_t, np.float64), np.array(rows_l, np.int64))
 
 
+def delay_quantiles(delays: np.ndarray, n: int = 101) -> list[float]:
+    """``n`` evenly spaced quantiles (seconds) of click delays after launch (>= 0), for :func:`delay_cdf`."""
+    d = np.asarray(delays, dtype=np.float64)
+    d = d[np.isfinite(d) & (d >= 0)]
+    if d.size == 0:
+        raise ValueError("no click delays to build a delay distribution from")
+    return [float(v) for v in np.quantile(d, np.linspace(0.0, 1.0, n))]
+
+
+def delay_cdf(quantiles: Sequence[float]):
+    """F(elapsed seconds) -> share of clicks that have arrived, from :func:`delay_quantiles`
+    (piecewise linear; 0 at or before launch, 1 beyond the last quantile)."""
+    q = np.maximum.accumulate(np.asarray(quantiles, dtype=np.float64))
+    levels = np.linspace(0.0, 1.0, q.size)
+
+    def F(elapsed: np.ndarray) -> np.ndarray:
+        e = np.asarray(elapsed, dtype=np.float64)
+        return np.where(e <= 0, 0.0, np.interp(e, q, levels, left=0.0, right=1.0))
+
+    return F
+
+
 def counts_between(logs: Logs, n_users: int, start: np.ndarray, end: np.ndarray,
-                   implicit: bool) -> tuple[np.ndarray, np.ndarray]:
+                   implicit: bool, cdf=None, other: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(trials, clicks), float64 [n_users, M], from the rows with start[a] <= ts < end[a].
 
     Logged impressions: trials = impressions of ad a to user u in its window, clicks = clicked
-    ones. Implicit negatives: trials[u, a] = 1 when u logged any row (with any ad) inside a's
-    window, clicks[u, a] = 1 when u clicked a inside it. ``logs.ad`` may hold -1 for rows of
-    ads outside the M columns (they count as activity only).
+    ones. Implicit negatives: trials[u, a] = 1 when u logged a row with another ad inside a's
+    window (``other=False``: any row, the click on a included), clicks[u, a] = 1 when such a
+    user clicked a inside it; ``cdf`` weighs the non-clicks (module doc). ``logs.ad`` may hold
+    -1 for rows of ads outside the M columns (they count as activity only).
     """
     start = np.asarray(start, dtype=np.float64)
     end = np.asarray(end, dtype=np.float64)
@@ -157,14 +185,24 @@ def counts_between(logs: Logs, n_users: int, start: np.ndarray, end: np.ndarray,
     base = np.arange(n_users, dtype=np.float64)[:, None] * span
     hi = np.searchsorted(keys, base + np.minimum(end, span / 2)[None, :], side="left")
     lo = np.searchsorted(keys, base + np.maximum(start, -span / 2)[None, :], side="left")
-    trials[:] = hi > lo
+    # a user is a trial of ad a when active on ANOTHER ad in a's window: activity that is only
+    # the click on a itself would admit every clicker but only the busy non-clickers
+    own = np.zeros((n_users, M))
+    if other:
+        np.add.at(own, (u, a), 1.0)
+    trials[:] = (hi - lo - own) > 0
+    clicks *= trials
+    if cdf is not None:  # a non-click of a young ad is mostly "not yet" (module doc)
+        w = cdf(np.minimum(end, span / 2) - start)
+        trials = np.where(clicks > 0, 1.0, trials * w[None, :])
     return trials, clicks
 
 
 def window_counts(logs: Logs, n_users: int, launched: np.ndarray, until: float,
-                  implicit: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(trials, clicks), float64 [n_users, M], from each ad's launch up to ``until`` (module doc)."""
-    return counts_between(logs, n_users, launched, np.full(launched.size, float(until)), implicit)
+                  implicit: bool, cdf=None) -> tuple[np.ndarray, np.ndarray]:
+    """(trials, clicks), float64 [n_users, M], from each ad's launch up to ``until`` (module
+    doc); ``cdf``: the click-delay distribution that weighs implicit non-clicks (None: 1)."""
+    return counts_between(logs, n_users, launched, np.full(launched.size, float(until)), implicit, cdf)
 
 
 def launch_times(records: Sequence[Mapping | None], ad_ids: Sequence[str],

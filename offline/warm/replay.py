@@ -37,9 +37,10 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from offline.evaluation import metrics as M
-from offline.warm.logs import Logs, counts_between, from_arrays
+from offline.warm.logs import Logs, counts_between, delay_cdf, delay_quantiles, from_arrays
 
 DAY = 86400.0
+PROTOCOL = 3  # bump when the protocol's numbers change, so finished seeds are not resumed across it
 
 
 @dataclass
@@ -50,7 +51,10 @@ class ReplayConfig:
     step_days: step length (days); min_clicks: the switch threshold; prior_scale: global prior
     std (None: chosen on retired ads, offline.warm.scale); laplace: "diag"/"full"; rolling:
     steps pooled in the rolling AUC; band: AUC distance to the ceiling that ends the cold start;
-    first_days: horizon of the "first days" summary; max_steps: cap on steps (None: all).
+    first_days: horizon of the "first days" summary; max_steps: cap on steps (None: all);
+    delay_weighting: weigh implicit non-clicks by the retired ads' click-delay distribution;
+    min_pos: a step (or rolling window) with fewer clicks among its scored pairs is not scored
+    (NaN), so the sparse tail of a log does not decide a cold-start period by noise.
     """
 
     dataset: str = "movielens-100k"
@@ -65,6 +69,8 @@ class ReplayConfig:
     test_frac: float = 0.2
     k: int = 20
     max_steps: int | None = None
+    delay_weighting: bool = True
+    min_pos: int = 20
     work_dir: str = ".llmhyper-work"
     out_dir: str = "replay-report"
     quiet: bool = False
@@ -91,6 +97,7 @@ class ReplayConfig:
     def key(self) -> str:
         """Hash of everything that changes the output (not out_dir / quiet)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("out_dir", "quiet", "work_dir")}
+        d["protocol"] = PROTOCOL
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -111,8 +118,10 @@ def _log(msg: str, quiet: bool) -> None:
         print(f"[replay] {msg}", file=sys.stderr, flush=True)
 
 
-def step_metrics(theta_view: np.ndarray, X: np.ndarray, keep: np.ndarray, Y: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Score one step. keep: bool [B, C] scored pairs; Y: 0/1 [B, C]. Returns (metrics, labels, logits)."""
+def step_metrics(theta_view: np.ndarray, X: np.ndarray, keep: np.ndarray, Y: np.ndarray,
+                 min_pos: int = 1) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Score one step. keep: bool [B, C] scored pairs; Y: 0/1 [B, C]; metrics are NaN with fewer
+    than ``min_pos`` positives. Returns (metrics, labels, logits)."""
     import scoring
 
     users = np.flatnonzero(keep.any(axis=1))
@@ -127,10 +136,11 @@ def step_metrics(theta_view: np.ndarray, X: np.ndarray, keep: np.ndarray, Y: np.
     ranked = np.argsort(-masked, axis=1, kind="stable")[:, : min(10, S.shape[1])]
     nd = M.ndcg_from_ranking(np.where(k, y, 0), ranked, 10)
     nd = nd[np.isfinite(nd)]
-    has_both = 0 < labels.sum() < labels.size
-    return {"auc": M.auc(labels, logits) if has_both else float("nan"),
-            "ndcg10": float(nd.mean()) if nd.size else float("nan"),
-            "log_loss": M.log_loss_from_logits(labels, logits) if labels.size else float("nan"),
+    ok = max(1, min_pos) <= labels.sum() < labels.size
+    nan = float("nan")
+    return {"auc": M.auc(labels, logits) if ok else nan,
+            "ndcg10": float(nd.mean()) if nd.size and ok else nan,
+            "log_loss": M.log_loss_from_logits(labels, logits) if ok else nan,
             "n_pairs": int(labels.size), "n_pos": int(labels.sum()), "n_users": int(users.size)}, labels, logits
 
 
@@ -158,6 +168,18 @@ def _policies(cfg: ReplayConfig) -> dict[str, tuple[str, int | None]]:
     return {"frozen": ("none", None), f"switch@{cfg.min_clicks}": ("switch", cfg.min_clicks), "prior": ("prior", None)}
 
 
+def retired_delay_quantiles(prep: Any) -> list[float]:
+    """Click delays after launch (seconds) of the retired ads, up to the active period's length
+    (log end - cutoff), as :func:`offline.warm.logs.delay_quantiles`. No active-ad log is read."""
+    ds, sp = prep.dataset, prep.split
+    is_warm = np.zeros(ds.n_ads, dtype=bool)
+    is_warm[sp.warm] = True
+    r = np.flatnonzero(is_warm[ds.inter_ad] & (ds.inter_clicked == 1))
+    horizon = float(ds.inter_ts.max()) - sp.cutoff
+    d = ds.inter_ts[r] - ds.launched_at[ds.inter_ad[r]]
+    return delay_quantiles(d[d <= horizon])
+
+
 def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, ops: StoreOps,
              progress: Callable | None = None) -> dict:
     """Replay one user split; returns {policy: {"steps": [metrics...], "rolling_auc": [...]}, ...}."""
@@ -176,6 +198,8 @@ def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, ops: S
     records = {a: {**g.record(), "launched_at": float(launched[c])} for c, (a, g) in enumerate(zip(cold_ids, generated))}
     manifest = {"dataset": ds.name, "generator": gen.name, "implicit_negatives": bool(ds.implicit),
                 "prior_scale": float(prior_scale), "l2": float(prep.l2), "replay": True, "seed": seed}
+    if ds.implicit and cfg.delay_weighting:
+        manifest["click_delay_quantiles"] = retired_delay_quantiles(prep)
     X = np.ascontiguousarray(ds.X, dtype=np.float32)
     if ds.implicit:
         ceiling = train.train_logreg(X[tr], ds.labels(sp.cold)[tr], prep.l2)
@@ -217,25 +241,31 @@ def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, ops: S
         t1 = t0 + cfg.step_days * DAY
         for name, (policy, mc) in pols.items():
             views[name] = ops.refresh(f"{name}-s{seed}", policy, mc, logs_tr, X_tr, t0)
-        et, ec = counts_between(logs_te, te.size, np.full(Cn, t0), np.full(Cn, t1), ds.implicit)
+        et, ec = counts_between(logs_te, te.size, np.full(Cn, t0), np.full(Cn, t1), ds.implicit, other=False)
         avail = (launched < t1)[None, :]
         if ds.implicit:
-            _, before = counts_between(logs_te, te.size, launched, np.full(Cn, t0), True)
+            _, before = counts_between(logs_te, te.size, launched, np.full(Cn, t0), True, other=False)
             keep = (et > 0) & (before == 0) & avail
         else:
             keep = (et > 0) & avail
         Y = ec > 0
         for name in out:
-            m, lab, lg = step_metrics(views[name], X_te, keep, Y)
+            m, lab, lg = step_metrics(views[name], X_te, keep, Y, cfg.min_pos)
             m["t"] = t0
             pooled[name].append((lab, lg))
             win = pooled[name][-cfg.rolling:]
             yl = np.concatenate([w[0] for w in win])
             sl = np.concatenate([w[1] for w in win])
             out[name]["steps"].append(m)
-            out[name]["rolling_auc"].append(M.auc(yl, sl) if 0 < yl.sum() < yl.size else float("nan"))
+            out[name]["rolling_auc"].append(M.auc(yl, sl) if max(1, cfg.min_pos) <= yl.sum() < yl.size
+                                            else float("nan"))
         if progress is not None:
             progress(1)
+    first = [i for i, m in enumerate(out["ceiling"]["steps"]) if m["t"] < sp.cutoff + cfg.first_days * DAY]
+    for name in out:
+        yl = np.concatenate([pooled[name][i][0] for i in first] or [np.zeros(0, np.uint8)])
+        sl = np.concatenate([pooled[name][i][1] for i in first] or [np.zeros(0)])
+        out[name]["auc_first_pooled"] = M.auc(yl, sl) if 0 < yl.sum() < yl.size else float("nan")
     return out
 
 
@@ -251,17 +281,21 @@ def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
         nd = np.array([_num(m["ndcg10"]) for m in d["steps"]], dtype=np.float64)
         ll = np.array([_num(m["log_loss"]) for m in d["steps"]], dtype=np.float64)
         diff = frozen_auc - auc
+        rdiff = (np.array([_num(v) for v in seed_out["frozen"]["rolling_auc"]])
+                 - np.array([_num(v) for v in d["rolling_auc"]]))
         res[name] = {
             "cold_start_steps": cold_start_period(d["rolling_auc"], ceil, cfg.band),
             "auc": float(np.nanmean(auc)), "ndcg10": float(np.nanmean(nd)), "log_loss": float(np.nanmean(ll)),
             "auc_first": float(np.nanmean(auc[first])) if first else float("nan"),
             "ndcg10_first": float(np.nanmean(nd[first])) if first else float("nan"),
+            "auc_first_pooled": _num(d.get("auc_first_pooled")),
             "worst_vs_frozen": float(np.nanmax(diff)) if np.isfinite(diff).any() else float("nan"),
+            "worst_vs_frozen_rolling": float(np.nanmax(rdiff)) if np.isfinite(rdiff).any() else float("nan"),
         }
     return res
 
 
-def choose_scale(prep: Any, n_ads: int = 200) -> Any:
+def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: bool = True) -> Any:
     """The global prior scale chosen on retired ads only (offline.warm.scale): the ``n_ads``
     latest-launched retired ads with >= 5 earlier retired ads replay their early days."""
     from offline.warm.scale import choose_prior_scale, knn_priors
@@ -275,13 +309,14 @@ def choose_scale(prep: Any, n_ads: int = 200) -> Any:
     if cand.size == 0:
         raise ValueError("no retired ad has 5 earlier retired ads; pass a prior scale")
     prior = knn_priors(prep.emb[sp.warm], lw, prep.warm_theta, cand)
+    cdf = delay_cdf(retired_delay_quantiles(prep)) if ds.implicit and delay_weighting else None
     col = np.full(ds.n_ads, -1, dtype=np.int64)
     col[sp.warm[cand]] = np.arange(cand.size)
     is_warm = np.zeros(ds.n_ads, dtype=bool)
     is_warm[sp.warm] = True
     r = np.flatnonzero(is_warm[ds.inter_ad])
     logs = from_arrays(ds.user_ids, ds.inter_user[r], col[ds.inter_ad[r]], ds.inter_clicked[r], ds.inter_ts[r])
-    return choose_prior_scale(ds.X, logs, lw[cand], prior, ds.implicit)
+    return choose_prior_scale(ds.X, logs, lw[cand], prior, ds.implicit, cdf=cdf)
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -292,14 +327,19 @@ def _save(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def run_replay(cfg: ReplayConfig, ops: StoreOps, dataset: Any | None = None) -> dict:
-    """Run every seed (resuming finished ones from the work dir) and return the result dict."""
+def run_replay(cfg: ReplayConfig, ops: StoreOps, dataset: Any | None = None, prep: Any | None = None) -> dict:
+    """Run every seed (resuming finished ones from the work dir) and return the result dict.
+
+    ``prep``: an already prepared dataset (offline.pipeline.Prepared) instead of preparing one.
+    """
     from offline import pipeline
 
     cfg.validate()
-    ds = dataset if dataset is not None else pipeline.load_source(cfg.dataset)
-    bcfg = pipeline.BuildConfig(dataset=cfg.dataset, k=cfg.k, work_dir=cfg.work_dir)
-    prep = pipeline.prepare(ds, bcfg, quiet=cfg.quiet)
+    if prep is None:
+        ds = dataset if dataset is not None else pipeline.load_source(cfg.dataset)
+        bcfg = pipeline.BuildConfig(dataset=cfg.dataset, k=cfg.k, work_dir=cfg.work_dir)
+        prep = pipeline.prepare(ds, bcfg, quiet=cfg.quiet)
+    ds = prep.dataset
     work = Path(cfg.work_dir) / "replay" / f"{ds.name}-{cfg.key()}"
     work.mkdir(parents=True, exist_ok=True)
     scale_file = work / "prior_scale.json"
@@ -308,7 +348,7 @@ def run_replay(cfg: ReplayConfig, ops: StoreOps, dataset: Any | None = None) -> 
     elif scale_file.is_file():
         scale_info = json.loads(scale_file.read_text())
     else:
-        ch = choose_scale(prep)
+        ch = choose_scale(prep, delay_weighting=cfg.delay_weighting)
         scale_info = {"scale": ch.scale, "chosen": True, "n_ads": ch.n_ads, "note": ch.note,
                       "table": {str(s): {str(h): v for h, v in row.items()} for s, row in ch.table.items()}}
         _save(scale_info, scale_file)
@@ -361,10 +401,13 @@ def aggregate(cfg: ReplayConfig, ds: Any, prep: Any, scale_info: dict, per_seed:
         cs = [(a, b) for a, b in zip(p["cold_start_steps"]["per_seed"], s["cold_start_steps"]["per_seed"])]
         checks = {
             "prior_beats_switch_first_days": p["auc_first"]["mean"] > s["auc_first"]["mean"],
+            "prior_beats_switch_first_days_pooled": p["auc_first_pooled"]["mean"] > s["auc_first_pooled"]["mean"],
             "prior_reaches_band_no_later_than_switch": all(
                 a is not None and (b is None or a <= b) for a, b in cs),
             "prior_never_below_frozen_by_0.01": p["worst_vs_frozen"]["n"] > 0 and
             max(x["worst_vs_frozen"] for x in [ss["prior"] for ss in sums]) <= 0.01,
+            "prior_never_below_frozen_by_0.01_rolling": max(
+                ss["prior"]["worst_vs_frozen_rolling"] for ss in sums) <= 0.01,
         }
     return {"config": asdict(cfg), "dataset": {"name": ds.name, "n_users": ds.n_users,
                                                "n_active": int(len(prep.split.cold)),

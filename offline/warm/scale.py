@@ -55,7 +55,7 @@ def knn_priors(emb: np.ndarray, launched: np.ndarray, theta: np.ndarray, targets
 
 def choose_prior_scale(X: np.ndarray, logs: Logs, launched: np.ndarray, prior: np.ndarray, implicit: bool,
                        grid: tuple[float, ...] = DEFAULT_GRID, horizons: tuple[float, ...] = DEFAULT_HORIZONS,
-                       eval_days: float = 7.0) -> ScaleChoice:
+                       eval_days: float = 7.0, cdf=None) -> ScaleChoice:
     """Pick the prior std from ``grid`` by replaying the early days of retired ads (module doc).
 
     X: [N, F] users; logs: retired-ad logs with ``ad`` indexing the T target ads (-1 for other
@@ -67,12 +67,12 @@ def choose_prior_scale(X: np.ndarray, logs: Logs, launched: np.ndarray, prior: n
         row = {}
         for h in horizons:
             cut = launched + h * DAY
-            tr, cl = counts_between(logs, N, launched, cut, implicit)
+            tr, cl = counts_between(logs, N, launched, cut, implicit, cdf)
             fit = fit_map(X, tr, cl, prior, np.full(prior.shape, 1.0 / s ** 2))
-            et, ec = counts_between(logs, N, cut, cut + eval_days * DAY, implicit)
+            et, ec = counts_between(logs, N, cut, cut + eval_days * DAY, implicit, other=False)
             S = np.asarray(X, np.float64) @ fit.theta.astype(np.float64).T
             if implicit:
-                keep = (et > 0) & (cl == 0)
+                keep = (et > 0) & (counts_between(logs, N, launched, cut, True, other=False)[1] == 0)
                 y, sc = (ec[keep] > 0).astype(np.uint8), S[keep]
             else:
                 keep = et > 0
