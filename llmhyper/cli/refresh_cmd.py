@@ -74,7 +74,7 @@ def load_base(store: Any, base: str | None) -> dict[str, Any]:
 
 
 def refresh_store(store: Any, logs: Any, X: Any, *, policy: str = "prior", min_clicks: int | None = None,
-                  prior_scale: float | None = None, laplace: str = "diag", until: float = math.inf,
+                  prior_scale: float | None = None, intercept_scale: float | None = None, laplace: str = "diag", until: float = math.inf,
                   implicit: bool | None = None, base: str | None = None, l2: float | None = None,
                   launched: Any = None, ads_csv: str | None = None,
                   loaded: dict[str, Any] | None = None, theta0: Any = None) -> tuple[str, dict]:
@@ -108,14 +108,17 @@ def refresh_store(store: Any, logs: Any, X: Any, *, policy: str = "prior", min_c
     l2 = float(l2 if l2 is not None else man.get("l2") or 1.0)
     if launched is None:
         launched = launch_times(b["records"], view.ad_ids, ads_csv)
-    prior = prior_from_records(b["mu"], b["records"], float(prior_scale))
+    if intercept_scale is None:
+        intercept_scale = prev.get("prior_scale_intercept", man.get("prior_scale_intercept", prior_scale))
+    prior = prior_from_records(b["mu"], b["records"], float(prior_scale), float(intercept_scale))
     quant = man.get("click_delay_quantiles")
     cdf = delay_cdf(quant) if implicit and quant else None
     trials, clicks = window_counts(logs, X.shape[0], launched, until, bool(implicit), cdf)
     res = refresh_weights(policy, prior, np.asarray(X), trials, clicks, min_clicks=min_clicks, l2=l2,
                           laplace=laplace, theta0=theta0)
     summary = {"policy": policy, "min_clicks": min_clicks, "prior_version": b["prior_version"],
-               "base_version": view.version, "prior_scale": float(prior_scale), "laplace": laplace,
+               "base_version": view.version, "prior_scale": float(prior_scale),
+               "prior_scale_intercept": float(intercept_scale), "laplace": laplace,
                "implicit_negatives": bool(implicit), "until": None if math.isinf(until) else float(until),
                "l2": l2, "delay_weighted": cdf is not None, "log_rows": int((logs.ts < until).sum()), "n_updated": int(sum(r["updated"] for r in res.records)),
                "clicks": int(clicks.sum()), "refreshed_at": time.time()}
@@ -144,6 +147,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-scale", type=float, default=None,
                    help="global prior std (logits) where the generator recorded no sample spread "
                         "(default: the version's recorded prior_scale)")
+    p.add_argument("--intercept-scale", type=float, default=None,
+                   help="prior std of the intercept (default: the version's prior_scale_intercept, else --prior-scale)")
     p.add_argument("--laplace", choices=("diag", "full"), default="diag",
                    help="posterior spread: mean-field 1/sqrt(diag H) or marginal sqrt(diag H^-1)")
     p.add_argument("--until", default=None, help="use logs before this time only (unix seconds or ISO-8601)")
@@ -162,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     from offline.warm.logs import LogError, launch_times, read_logs
 
     check_policy_args(args.policy, args.min_clicks, args.prior_scale)
+    if args.intercept_scale is not None and not (math.isfinite(args.intercept_scale) and args.intercept_scale > 0):
+        raise CLIError(f"--intercept-scale must be a finite number > 0, got {args.intercept_scale}")
     until = math.inf
     if args.until is not None:
         try:
@@ -194,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         if uf is None or [n for n, _ in uf] != list(view.feature_names):
             raise CLIError("the store's user table does not have the served version's feature schema")
         version, summary = refresh_store(store, logs, X, policy=args.policy, min_clicks=args.min_clicks,
-                                         prior_scale=args.prior_scale, laplace=args.laplace, until=until,
+                                         prior_scale=args.prior_scale, intercept_scale=args.intercept_scale,
+                                         laplace=args.laplace, until=until,
                                          implicit=bool(implicit), l2=args.l2, launched=launched, loaded=b)
     finally:
         store.close()

@@ -67,6 +67,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-clicks", type=int, default=10, help="the hard switch's click threshold (default 10)")
     p.add_argument("--prior-scale", type=float, default=None,
                    help="global prior std (default: chosen on retired ads by replaying their early days)")
+    p.add_argument("--intercept-scale", type=float, default=None,
+                   help="prior std of the intercept (default: --prior-scale, or chosen with it on retired ads)")
     p.add_argument("--laplace", choices=("diag", "full"), default="diag")
     p.add_argument("--rolling", type=int, default=7, help="steps pooled in the rolling AUC (default 7)")
     p.add_argument("--band", type=float, default=0.02, help="AUC distance to the ceiling ending the cold start")
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from offline.warm.report import write_replay_reports
 
     cfg = ReplayConfig(dataset=args.dataset, seeds=args.seeds, step_days=args.step_days, min_clicks=args.min_clicks,
-                       prior_scale=args.prior_scale, laplace=args.laplace, rolling=args.rolling, band=args.band,
+                       prior_scale=args.prior_scale, intercept_scale=args.intercept_scale, laplace=args.laplace, rolling=args.rolling, band=args.band,
                        max_steps=args.max_steps, delay_weighting=not args.no_delay_weighting, min_pos=args.min_pos, work_dir=args.work_dir, out_dir=args.out, quiet=args.quiet)
     try:
         cfg.validate()

@@ -29,30 +29,39 @@ SPREAD_FLOOR = 0.05  # logit units: a sample spread below this is not trusted as
 @dataclass
 class Prior:
     """mu: float32 [M, F] generated weights; lam: float64 [M, F] prior precision (1/std^2);
-    source: per ad "spread" (the generator's per-feature sample spread) or "global" (1/scale^2)."""
+    source: per ad "spread" (std from the generator's per-feature sample spread) or "global"."""
 
     mu: np.ndarray
     lam: np.ndarray
     source: list[str]
 
 
-def prior_from_records(mu: np.ndarray, records: Sequence[Mapping[str, Any] | None], scale: float) -> Prior:
-    """The prior of each ad: its generated weights ``mu`` [M, F] with precision from its record's
-    per-feature sample ``spread`` when the generator drew >= 2 samples and recorded a finite spread
-    for every feature (std floored at SPREAD_FLOOR), else the global ``scale`` (prior std, logits)."""
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"prior scale must be a finite number > 0, got {scale}")
+def prior_from_records(mu: np.ndarray, records: Sequence[Mapping[str, Any] | None], scale: float,
+                       intercept_scale: float | None = None) -> Prior:
+    """The prior of each ad: its generated weights ``mu`` [M, F] with std ``scale * base_j`` on
+    each user weight and ``intercept_scale * base_0`` on the intercept (default ``scale``).
+
+    base = the record's per-feature sample ``spread`` (floored at SPREAD_FLOOR) when the
+    generator drew >= 2 samples and recorded a finite spread for every feature (source
+    "spread"; knn-content records its neighbours' spread, LLM generators their answers'), else
+    1, so ``scale`` is then the std itself in logits (source "global")."""
+    intercept_scale = scale if intercept_scale is None else intercept_scale
+    for what, v in (("prior scale", scale), ("intercept scale", intercept_scale)):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{what} must be a finite number > 0, got {v}")
     mu = np.ascontiguousarray(mu, dtype=np.float32)
     M, F = mu.shape
-    lam = np.full((M, F), 1.0 / scale ** 2)
+    base = np.ones((M, F))
     source = ["global"] * M
     for i, rec in enumerate(records):
         sp = (rec or {}).get("spread")
         if (rec or {}).get("n_samples", 1) >= 2 and isinstance(sp, list) and len(sp) == F \
                 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in sp):
-            lam[i] = 1.0 / np.maximum(np.asarray(sp, dtype=np.float64), SPREAD_FLOOR) ** 2
+            base[i] = np.maximum(np.asarray(sp, dtype=np.float64), SPREAD_FLOOR)
             source[i] = "spread"
-    return Prior(mu, lam, source)
+    mult = np.full(F, float(scale))
+    mult[0] = float(intercept_scale)
+    return Prior(mu, 1.0 / (base * mult[None, :]) ** 2, source)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from offline.evaluation import metrics as M
 from offline.warm.logs import Logs, counts_between, delay_cdf, delay_quantiles, from_arrays
 
 DAY = 86400.0
-PROTOCOL = 3  # bump when the protocol's numbers change, so finished seeds are not resumed across it
+PROTOCOL = 6  # bump when the protocol's numbers change, so finished seeds are not resumed across it
 
 
 @dataclass
@@ -49,8 +49,10 @@ class ReplayConfig:
 
     dataset: layout dir, ``movielens-100k[:PATH]`` or ``synthetic[:SEED]``; seeds: user splits;
     step_days: step length (days); min_clicks: the switch threshold; prior_scale: global prior
-    std (None: chosen on retired ads, offline.warm.scale); laplace: "diag"/"full"; rolling:
-    steps pooled in the rolling AUC; band: AUC distance to the ceiling that ends the cold start;
+    std of the user weights (None: it and intercept_scale are chosen on retired ads,
+    offline.warm.scale); intercept_scale: the intercept's (None: prior_scale); laplace:
+    "diag"/"full"; rolling: steps pooled in the rolling AUC; band: AUC distance to the ceiling
+    that ends the cold start;
     first_days: horizon of the "first days" summary; max_steps: cap on steps (None: all);
     delay_weighting: weigh implicit non-clicks by the retired ads' click-delay distribution;
     min_pos: a step (or rolling window) with fewer clicks among its scored pairs is not scored
@@ -62,6 +64,7 @@ class ReplayConfig:
     step_days: float = 1.0
     min_clicks: int = 10
     prior_scale: float | None = None
+    intercept_scale: float | None = None
     laplace: str = "diag"
     rolling: int = 7
     band: float = 0.02
@@ -85,6 +88,8 @@ class ReplayConfig:
             raise ValueError(f"min_clicks must be >= 1, got {self.min_clicks}")
         if self.prior_scale is not None and not (math.isfinite(self.prior_scale) and self.prior_scale > 0):
             raise ValueError(f"prior_scale must be > 0, got {self.prior_scale}")
+        if self.intercept_scale is not None and not (math.isfinite(self.intercept_scale) and self.intercept_scale > 0):
+            raise ValueError(f"intercept_scale must be > 0, got {self.intercept_scale}")
         if self.laplace not in ("diag", "full"):
             raise ValueError(f"laplace must be 'diag' or 'full', got {self.laplace!r}")
         if self.rolling < 1:
@@ -180,7 +185,7 @@ def retired_delay_quantiles(prep: Any) -> list[float]:
     return delay_quantiles(d[d <= horizon])
 
 
-def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, ops: StoreOps,
+def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, intercept_scale: float, ops: StoreOps,
              progress: Callable | None = None) -> dict:
     """Replay one user split; returns {policy: {"steps": [metrics...], "rolling_auc": [...]}, ...}."""
     from offline import pipeline
@@ -197,7 +202,8 @@ def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, ops: S
     launched = ds.launched_at[sp.cold]
     records = {a: {**g.record(), "launched_at": float(launched[c])} for c, (a, g) in enumerate(zip(cold_ids, generated))}
     manifest = {"dataset": ds.name, "generator": gen.name, "implicit_negatives": bool(ds.implicit),
-                "prior_scale": float(prior_scale), "l2": float(prep.l2), "replay": True, "seed": seed}
+                "prior_scale": float(prior_scale), "prior_scale_intercept": float(intercept_scale),
+                "l2": float(prep.l2), "replay": True, "seed": seed}
     if ds.implicit and cfg.delay_weighting:
         manifest["click_delay_quantiles"] = retired_delay_quantiles(prep)
     X = np.ascontiguousarray(ds.X, dtype=np.float32)
@@ -295,20 +301,28 @@ def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
     return res
 
 
-def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: bool = True) -> Any:
-    """The global prior scale chosen on retired ads only (offline.warm.scale): the ``n_ads``
-    latest-launched retired ads with >= 5 earlier retired ads replay their early days."""
-    from offline.warm.scale import choose_prior_scale, knn_priors
+def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: bool = True, frac: float = 0.3) -> Any:
+    """The global prior scales chosen on retired ads only (offline.warm.scale): the latest
+    ``frac`` of the retired ads (at most ``n_ads``) with >= 5 earlier ones replay their early days."""
+    from offline.warm.scale import choose_prior_scale, generator_priors, knn_priors
 
     ds, sp = prep.dataset, prep.split
     lw = ds.launched_at[sp.warm]
     order = np.sort(lw)
     n_earlier = np.searchsorted(order, lw, side="left")
     cand = np.flatnonzero(n_earlier >= 5)
-    cand = cand[np.argsort(lw[cand], kind="stable")][-n_ads:]
+    cand = cand[np.argsort(lw[cand], kind="stable")][-min(n_ads, max(1, int(frac * lw.size))):]
     if cand.size == 0:
         raise ValueError("no retired ad has 5 earlier retired ads; pass a prior scale")
-    prior = knn_priors(prep.emb[sp.warm], lw, prep.warm_theta, cand)
+    from offline.warm.policies import SPREAD_FLOOR
+
+    try:
+        prior, spread = generator_priors(prep, cand)
+        base, how = np.maximum(spread, SPREAD_FLOOR), ("knn-content fitted on the earlier retired ads; "
+                                                       "scales multiply its neighbour spread")
+    except ValueError:
+        prior, base = knn_priors(prep.emb[sp.warm], lw, prep.warm_theta, cand), None
+        how = "softmax(sim/0.1) mix of the 20 most similar earlier retired ads; scales are stds"
     cdf = delay_cdf(retired_delay_quantiles(prep)) if ds.implicit and delay_weighting else None
     col = np.full(ds.n_ads, -1, dtype=np.int64)
     col[sp.warm[cand]] = np.arange(cand.size)
@@ -316,7 +330,9 @@ def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: bool = True) -> A
     is_warm[sp.warm] = True
     r = np.flatnonzero(is_warm[ds.inter_ad])
     logs = from_arrays(ds.user_ids, ds.inter_user[r], col[ds.inter_ad[r]], ds.inter_clicked[r], ds.inter_ts[r])
-    return choose_prior_scale(ds.X, logs, lw[cand], prior, ds.implicit, cdf=cdf)
+    ch = choose_prior_scale(ds.X, logs, lw[cand], prior, ds.implicit, base=base, cdf=cdf)
+    ch.note = f"priors of {cand.size} retired ads: {how}"
+    return ch
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -344,15 +360,17 @@ def run_replay(cfg: ReplayConfig, ops: StoreOps, dataset: Any | None = None, pre
     work.mkdir(parents=True, exist_ok=True)
     scale_file = work / "prior_scale.json"
     if cfg.prior_scale is not None:
-        scale_info = {"scale": cfg.prior_scale, "chosen": False}
+        scale_info = {"scale": cfg.prior_scale, "intercept_scale": cfg.intercept_scale or cfg.prior_scale,
+                      "chosen": False}
     elif scale_file.is_file():
         scale_info = json.loads(scale_file.read_text())
     else:
         ch = choose_scale(prep, delay_weighting=cfg.delay_weighting)
-        scale_info = {"scale": ch.scale, "chosen": True, "n_ads": ch.n_ads, "note": ch.note,
-                      "table": {str(s): {str(h): v for h, v in row.items()} for s, row in ch.table.items()}}
+        scale_info = {"scale": ch.scale, "intercept_scale": ch.intercept_scale, "chosen": True, "n_ads": ch.n_ads,
+                      "note": ch.note, "table": {k: {str(h): v for h, v in row.items()} for k, row in ch.table.items()}}
         _save(scale_info, scale_file)
     _log(f"{ds.name}: {len(prep.split.cold)} active ads, prior scale {scale_info['scale']:g} "
+         f"(intercept {scale_info['intercept_scale']:g}) "
          f"({'chosen on retired ads' if scale_info['chosen'] else 'given'})", cfg.quiet)
     per_seed: list[dict] = []
     from tqdm import tqdm
@@ -364,7 +382,8 @@ def run_replay(cfg: ReplayConfig, ops: StoreOps, dataset: Any | None = None, pre
             _log(f"seed {seed}: resumed from {f}", cfg.quiet)
             continue
         with tqdm(desc=f"replay seed {seed}", unit="step", disable=cfg.quiet, file=sys.stderr) as bar:
-            out = run_seed(cfg, prep, seed, float(scale_info["scale"]), ops, progress=bar.update)
+            out = run_seed(cfg, prep, seed, float(scale_info["scale"]), float(scale_info["intercept_scale"]), ops,
+                           progress=bar.update)
         _save(out, f)
         per_seed.append(json.loads(f.read_text()))  # the same floats a resumed run reads
     return aggregate(cfg, ds, prep, scale_info, per_seed)

@@ -36,7 +36,8 @@ def markdown(result: dict) -> str:
              f"{d['n_active']} active ads, {d['n_users']} users ({1 - cfg['test_frac']:.0%} feed the refresh, "
              f"{cfg['test_frac']:.0%} are scored), steps of {cfg['step_days']:g} day(s) from the cutoff, "
              f"{cfg['seeds']} seeds (mean ± std over seeds). Scored pairs: {neg}.", "",
-             f"Prior scale (std, logits) {sc['scale']:g}: " + ("chosen on retired ads only by replaying their "
+             f"Prior std (logits) {sc['scale']:g} on the user weights, {sc.get('intercept_scale', sc['scale']):g} on the "
+             "intercept: " + ("chosen on retired ads only by replaying their "
              "early days" if sc.get("chosen") else "given") + ". Cold-start period: steps until the rolling AUC "
              f"({cfg['rolling']} steps pooled) is within {cfg['band']} of the ceiling's and stays there.", "",
              f"| policy | cold-start period (steps) | per seed | AUC first {cfg['first_days']:g} days (mean of steps) | "

@@ -107,5 +107,8 @@ def test_prior_precision_comes_from_the_recorded_sample_spread():
     recs = [{"n_samples": 3, "spread": [0.2, 0.5, 0.01]}, {"n_samples": 1, "spread": [0.0, 0.0, 0.0]}]
     p = prior_from_records(mu, recs, scale=2.0)
     assert p.source == ["spread", "global"]
-    np.testing.assert_allclose(p.lam[0], [25.0, 4.0, 400.0])  # 0.01 floored at 0.05
+    # std = scale x spread (0.01 floored at 0.05); no usable spread: std = scale
+    np.testing.assert_allclose(p.lam[0], 1.0 / (2.0 * np.array([0.2, 0.5, 0.05])) ** 2)
     np.testing.assert_allclose(p.lam[1], 0.25)
+    p = prior_from_records(mu, recs, scale=2.0, intercept_scale=0.5)
+    np.testing.assert_allclose(p.lam[:, 0], [1.0 / (0.5 * 0.2) ** 2, 4.0])
