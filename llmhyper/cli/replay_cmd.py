@@ -76,7 +76,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="implicit negatives: count every non-click fully (default: weigh it by the retired "
                         "ads' click-delay distribution)")
     p.add_argument("--min-pos", type=int, default=20,
-                   help="steps (and rolling windows) with fewer clicks among the scored pairs are not scored")
+                   help="rolling windows with fewer clicks among the scored pairs are not scored (default 20)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--work-dir", default=".llmhyper-work", help="caches, replay stores, finished seeds (resume)")
     p.add_argument("--out", default="replay-report", help="report directory (replay.md, replay.json, replay.png)")

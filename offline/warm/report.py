@@ -72,7 +72,8 @@ def plot(result: dict, path: Path) -> str:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, title in zip(axes, ("auc", "rolling_auc", "ndcg10"), ("AUC per step", "rolling AUC", "NDCG@10 per step")):
         for n in names:
-            ax.plot(range(len(st[n][key])), st[n][key], label=n, lw=1.2)
+            y = [float("nan") if v is None else v for v in st[n][key]]
+            ax.plot(range(len(y)), y, label=n, lw=1.0, marker="." if key != "rolling_auc" else None, ms=3)
         ax.set_xlabel(f"step ({result['config']['step_days']:g} d) since cutoff")
         ax.set_title(title)
     axes[0].legend(fontsize=8)
