@@ -72,9 +72,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--laplace", choices=("diag", "full"), default="diag")
     p.add_argument("--rolling", type=int, default=7, help="steps pooled in the rolling AUC (default 7)")
     p.add_argument("--band", type=float, default=0.02, help="AUC distance to the ceiling ending the cold start")
-    p.add_argument("--no-delay-weighting", action="store_true",
-                   help="implicit negatives: count every non-click fully (default: weigh it by the retired "
-                        "ads' click-delay distribution)")
+    p.add_argument("--delay-weighting", choices=("auto", "on", "off"), default="auto",
+                   help="implicit negatives: weigh each non-click by the retired ads' click-delay distribution "
+                        "(on), count it fully (off), or let the retired-ad replay decide (auto, default)")
     p.add_argument("--min-pos", type=int, default=20,
                    help="rolling windows with fewer clicks among the scored pairs are not scored (default 20)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = ReplayConfig(dataset=args.dataset, seeds=args.seeds, step_days=args.step_days, min_clicks=args.min_clicks,
                        prior_scale=args.prior_scale, intercept_scale=args.intercept_scale, laplace=args.laplace, rolling=args.rolling, band=args.band,
-                       max_steps=args.max_steps, delay_weighting=not args.no_delay_weighting, min_pos=args.min_pos, work_dir=args.work_dir, out_dir=args.out, quiet=args.quiet)
+                       max_steps=args.max_steps, delay_weighting=args.delay_weighting, min_pos=args.min_pos,
+                       work_dir=args.work_dir, out_dir=args.out, quiet=args.quiet)
     try:
         cfg.validate()
     except ValueError as e:

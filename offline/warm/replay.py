@@ -40,7 +40,7 @@ from offline.evaluation import metrics as M
 from offline.warm.logs import Logs, counts_between, delay_cdf, delay_quantiles, from_arrays
 
 DAY = 86400.0
-PROTOCOL = 7  # bump when the protocol's numbers change, so finished seeds are not resumed across it
+PROTOCOL = 8  # bump when the protocol's numbers change, so finished seeds are not resumed across it
 
 
 @dataclass
@@ -54,7 +54,8 @@ class ReplayConfig:
     "diag"/"full"; rolling: steps pooled in the rolling AUC; band: AUC distance to the ceiling
     that ends the cold start;
     first_days: horizon of the "first days" summary; max_steps: cap on steps (None: all);
-    delay_weighting: weigh implicit non-clicks by the retired ads' click-delay distribution;
+    delay_weighting: "auto" (chosen with the scales on retired ads; "on" when the scales are
+    given), "on" or "off": weigh implicit non-clicks by the retired ads' click-delay distribution;
     min_pos: a rolling window with fewer clicks among its scored pairs is not scored (NaN), so a
     sparse stretch of the log does not decide a cold-start period by noise (per-step metrics
     need one click and one non-click; their n_pos is reported with them).
@@ -73,7 +74,7 @@ class ReplayConfig:
     test_frac: float = 0.2
     k: int = 20
     max_steps: int | None = None
-    delay_weighting: bool = True
+    delay_weighting: str = "auto"
     min_pos: int = 20
     work_dir: str = ".llmhyper-work"
     out_dir: str = "replay-report"
@@ -97,6 +98,8 @@ class ReplayConfig:
             raise ValueError(f"rolling must be >= 1, got {self.rolling}")
         if not 0.0 < self.test_frac < 1.0:
             raise ValueError(f"test_frac must be in (0, 1), got {self.test_frac}")
+        if self.delay_weighting not in ("auto", "on", "off"):
+            raise ValueError(f"delay_weighting must be auto, on or off, got {self.delay_weighting!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
@@ -187,7 +190,7 @@ def retired_delay_quantiles(prep: Any) -> list[float]:
 
 
 def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, intercept_scale: float, ops: StoreOps,
-             progress: Callable | None = None) -> dict:
+             progress: Callable | None = None, delay_weighting: bool = True) -> dict:
     """Replay one user split; returns {policy: {"steps": [metrics...], "rolling_auc": [...]}, ...}."""
     from offline import pipeline
     from offline.evaluation.protocol import user_split
@@ -205,7 +208,7 @@ def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, interc
     manifest = {"dataset": ds.name, "generator": gen.name, "implicit_negatives": bool(ds.implicit),
                 "prior_scale": float(prior_scale), "prior_scale_intercept": float(intercept_scale),
                 "l2": float(prep.l2), "replay": True, "seed": seed}
-    if ds.implicit and cfg.delay_weighting:
+    if ds.implicit and delay_weighting:
         manifest["click_delay_quantiles"] = retired_delay_quantiles(prep)
     X = np.ascontiguousarray(ds.X, dtype=np.float32)
     if ds.implicit:
@@ -302,7 +305,7 @@ def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
     return res
 
 
-def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: bool = True, frac: float = 0.3) -> Any:
+def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: str = "auto", frac: float = 0.3) -> Any:
     """The global prior scales chosen on retired ads only (offline.warm.scale): the latest
     ``frac`` of the retired ads (at most ``n_ads``) with >= 5 earlier ones replay their early days."""
     from offline.warm.scale import choose_prior_scale, generator_priors, knn_priors
@@ -324,7 +327,7 @@ def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: bool = True, frac
     except ValueError:
         prior, base = knn_priors(prep.emb[sp.warm], lw, prep.warm_theta, cand), None
         how = "softmax(sim/0.1) mix of the 20 most similar earlier retired ads; scales are stds"
-    cdf = delay_cdf(retired_delay_quantiles(prep)) if ds.implicit and delay_weighting else None
+    cdf = delay_cdf(retired_delay_quantiles(prep)) if ds.implicit and delay_weighting != "off" else None
     col = np.full(ds.n_ads, -1, dtype=np.int64)
     col[sp.warm[cand]] = np.arange(cand.size)
     is_warm = np.zeros(ds.n_ads, dtype=bool)
@@ -332,6 +335,14 @@ def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: bool = True, frac
     r = np.flatnonzero(is_warm[ds.inter_ad])
     logs = from_arrays(ds.user_ids, ds.inter_user[r], col[ds.inter_ad[r]], ds.inter_clicked[r], ds.inter_ts[r])
     ch = choose_prior_scale(ds.X, logs, lw[cand], prior, ds.implicit, base=base, cdf=cdf)
+    ch.delay_weighting = cdf is not None
+    if cdf is not None and delay_weighting == "auto":  # the same replay decides the delay weighting
+        off = choose_prior_scale(ds.X, logs, lw[cand], prior, ds.implicit, base=base, cdf=None)
+        best = lambda c: max(r["mean"] for r in c.table.values() if np.isfinite(r["mean"]))  # noqa: E731
+        ch.delay_objective = {"on": best(ch), "off": best(off)}
+        if best(off) > best(ch):
+            ch, off.delay_objective = off, ch.delay_objective
+            ch.delay_weighting = False
     ch.note = f"priors of {cand.size} retired ads: {how}"
     return ch
 
@@ -362,13 +373,14 @@ def run_replay(cfg: ReplayConfig, ops: StoreOps, dataset: Any | None = None, pre
     scale_file = work / "prior_scale.json"
     if cfg.prior_scale is not None:
         scale_info = {"scale": cfg.prior_scale, "intercept_scale": cfg.intercept_scale or cfg.prior_scale,
-                      "chosen": False}
+                      "chosen": False, "delay_weighting": cfg.delay_weighting != "off"}
     elif scale_file.is_file():
         scale_info = json.loads(scale_file.read_text())
     else:
         ch = choose_scale(prep, delay_weighting=cfg.delay_weighting)
         scale_info = {"scale": ch.scale, "intercept_scale": ch.intercept_scale, "chosen": True, "n_ads": ch.n_ads,
-                      "note": ch.note, "table": {k: {str(h): v for h, v in row.items()} for k, row in ch.table.items()}}
+                      "delay_weighting": bool(ch.delay_weighting),
+                      "delay_objective": getattr(ch, "delay_objective", None), "note": ch.note, "table": {k: {str(h): v for h, v in row.items()} for k, row in ch.table.items()}}
         _save(scale_info, scale_file)
     _log(f"{ds.name}: {len(prep.split.cold)} active ads, prior scale {scale_info['scale']:g} "
          f"(intercept {scale_info['intercept_scale']:g}) "
@@ -384,7 +396,7 @@ def run_replay(cfg: ReplayConfig, ops: StoreOps, dataset: Any | None = None, pre
             continue
         with tqdm(desc=f"replay seed {seed}", unit="step", disable=cfg.quiet, file=sys.stderr) as bar:
             out = run_seed(cfg, prep, seed, float(scale_info["scale"]), float(scale_info["intercept_scale"]), ops,
-                           progress=bar.update)
+                           progress=bar.update, delay_weighting=bool(scale_info["delay_weighting"]))
         _save(out, f)
         per_seed.append(json.loads(f.read_text()))  # the same floats a resumed run reads
     return aggregate(cfg, ds, prep, scale_info, per_seed)

@@ -30,8 +30,9 @@ def markdown(result: dict) -> str:
     sc = result["prior_scale"]
     if d["implicit_negatives"]:
         neg += (". Refresh data: " + ("each non-click weighed by the share of clicks that retired ads had "
-                "received by the same age (click-delay distribution)" if cfg.get("delay_weighting", True)
-                else "every non-click of an active user counts fully"))
+                "received by the same age (click-delay distribution)" if result["prior_scale"].get("delay_weighting")
+                else "every non-click of an active user counts fully")
+                + (" (chosen on retired ads)" if result["prior_scale"].get("delay_objective") else ""))
     lines = [f"# Warm-up replay: {d['name']}", "",
              f"{d['n_active']} active ads, {d['n_users']} users ({1 - cfg['test_frac']:.0%} feed the refresh, "
              f"{cfg['test_frac']:.0%} are scored), steps of {cfg['step_days']:g} day(s) from the cutoff, "
