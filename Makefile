@@ -9,7 +9,7 @@ DEMO_DIR ?= .demo
 PORT   ?= 50051
 ARGS   ?=
 
-.PHONY: install run test bench soak eval protos clean
+.PHONY: install check run test bench soak eval protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,15 @@ install: $(STAMP)
 run: install
 	$(BIN)/llmhyper demo --dir $(DEMO_DIR) --port $(PORT) $(ARGS)
 
-test: install
+test: install check
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The static checks `make test` runs first: the layering and zero import cycles (import-linter
+# contracts in pyproject.toml), ruff's error rules, and mypy on the typed public surface.
+check: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-json=benchmarks/results.json

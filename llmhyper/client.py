@@ -17,8 +17,8 @@ Every method raises :class:`RankerError` (with the gRPC status ``code`` and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -68,6 +68,11 @@ class RankResult:
     version: str
     ads: list[RankedAd]
     feature_names: tuple[str, ...] | None = None
+    #: False only when the request opted out of the version's content rules
+    content_rules_applied: bool = True
+    #: True when the order is a Thompson sample; ``seed`` reproduces it
+    explored: bool = False
+    seed: int = 0
 
     @property
     def ad_ids(self) -> list[str]:
@@ -83,6 +88,8 @@ class BatchResult:
         ad_index: int32 [B, k'] rows into ``ad_ids``, best first.
         ctr: float32 [B, k'] calibrated CTR. logit: float32 [B, k'] log-odds.
         ad_ids: the version's ad ids (length M) to decode ``ad_index``.
+        content_rules_applied / explored / seed: as in :class:`RankResult`.
+    A row left with fewer eligible ads by content rules ends with ad_index -1 (ctr 0).
     """
 
     version: str
@@ -90,11 +97,16 @@ class BatchResult:
     ctr: np.ndarray
     logit: np.ndarray
     ad_ids: tuple[str, ...]
+    content_rules_applied: bool = True
+    explored: bool = False
+    seed: int = 0
 
     def ad_ids_matrix(self) -> np.ndarray:
-        """object [B, k'] array of ad id strings."""
-        return np.asarray(self.ad_ids, dtype=object)[self.ad_index] if self.ad_index.size else \
-            np.empty(self.ad_index.shape, dtype=object)
+        """object [B, k'] array of ad id strings (None where a row is padded with -1)."""
+        if not self.ad_index.size:
+            return np.empty(self.ad_index.shape, dtype=object)
+        ids = np.asarray(list(self.ad_ids) + [None], dtype=object)
+        return ids[np.where(self.ad_index < 0, len(self.ad_ids), self.ad_index)]
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,17 @@ class Contribution:
     weight: float
     contribution: float
     rationale: str
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    """One content rule of an explained ad: hidden when the user's ``value`` > ``threshold``."""
+
+    feature: str
+    threshold: float
+    value: float
+    fires: bool
+    rule_index: int
 
 
 @dataclass(frozen=True)
@@ -123,6 +146,10 @@ class Explanation:
     contributions: list[Contribution]
     rationale: object | None
     provenance: dict | None
+    #: every content rule of the ad, with whether it fires for this user
+    content_rules: list[RuleCheck] = field(default_factory=list)
+    #: True when a rule fires, so Rank / RankBatch never return the ad to this user
+    excluded_by_rules: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,9 +251,16 @@ class RankerClient:
     # -------------------------------------------------------------- RPCs
     def rank(self, user_id: str | None = None, *, features: Sequence[float] | np.ndarray | Mapping[str, float] | None = None,
              top_k: int = 10, allow: Sequence[str] | None = None, deny: Sequence[str] | None = None,
-             with_contributions: bool = False, version: str | None = None, timeout: float | None = None) -> RankResult:
-        """Top-k ads for one user given by ``user_id`` or ``features`` (dense [F] or name->value)."""
+             with_contributions: bool = False, version: str | None = None, timeout: float | None = None,
+             apply_content_rules: bool | None = None, explore: bool | None = None,
+             seed: int | None = None) -> RankResult:
+        """Top-k ads for one user given by ``user_id`` or ``features`` (dense [F] or name->value).
+
+        apply_content_rules=False skips the version's content rules (audits); explore
+        ranks by a Thompson sample (None: the server default), reproducible with ``seed``.
+        """
         req = pb.RankRequest(top_k=top_k, with_contributions=with_contributions, version=version or "")
+        _fill_options(req, apply_content_rules, explore, seed)
         self._fill_user(req, user_id, features)
         if allow:
             req.allow_ad_ids.extend(allow)
@@ -238,17 +272,21 @@ class RankerClient:
                      np.asarray(a.contributions, dtype=np.float32) if with_contributions else None)
             for a in resp.ads
         ]
-        return RankResult(resp.version, ads, tuple(resp.feature_names) if with_contributions else None)
+        return RankResult(resp.version, ads, tuple(resp.feature_names) if with_contributions else None,
+                          resp.content_rules_applied, resp.explored, resp.seed)
 
     def rank_batch(self, features: np.ndarray | None = None, user_ids: Sequence[str] | None = None, *, top_k: int = 10,
                    allow: Sequence[str] | None = None, deny: Sequence[str] | None = None,
-                   version: str | None = None, timeout: float | None = None) -> BatchResult:
+                   version: str | None = None, timeout: float | None = None,
+                   apply_content_rules: bool | None = None, explore: bool | None = None,
+                   seed: int | None = None) -> BatchResult:
         """Top-k ads for B users: rows of ``features`` (float32 [B_f, F]) then ``user_ids``.
 
         Returns numpy arrays [B, k']. The ad id list is cached per version, so repeated
-        calls do not re-send it.
+        calls do not re-send it. apply_content_rules / explore / seed as in :meth:`rank`.
         """
         req = pb.RankBatchRequest(top_k=top_k, version=version or "")
+        _fill_options(req, apply_content_rules, explore, seed)
         if features is not None:
             X = np.ascontiguousarray(features, dtype="<f4")
             if X.ndim != 2:
@@ -279,6 +317,9 @@ class RankerClient:
             ctr=np.frombuffer(resp.ctr, dtype="<f4").reshape(B, k),
             logit=np.frombuffer(resp.logit, dtype="<f4").reshape(B, k),
             ad_ids=ad_ids,
+            content_rules_applied=resp.content_rules_applied,
+            explored=resp.explored,
+            seed=resp.seed,
         )
 
     def _remember(self, version: str, ad_ids: tuple[str, ...]) -> None:
@@ -301,6 +342,9 @@ class RankerClient:
                            for c in r.contributions],
             rationale=_decode_json(r.rationale_json),
             provenance=prov if isinstance(prov, dict) else None,
+            content_rules=[RuleCheck(c.feature, c.threshold, c.value, c.fires, c.rule_index)
+                           for c in r.content_rules],
+            excluded_by_rules=r.excluded_by_rules,
         )
 
     def model_info(self, version: str | None = None, timeout: float | None = None) -> ModelInfo:
@@ -342,3 +386,13 @@ class RankerClient:
                 last = f"{e.code.name}: {e.details}"
             time.sleep(0.05)
         raise TimeoutError(f"{self.target} not SERVING after {timeout:.1f}s (last: {last})")
+
+
+def _fill_options(req: Any, apply_content_rules: bool | None, explore: bool | None, seed: int | None) -> None:
+    """Set the optional rule / exploration fields only when given (unset means server default)."""
+    if apply_content_rules is not None:
+        req.apply_content_rules = bool(apply_content_rules)
+    if explore is not None:
+        req.explore = bool(explore)
+    if seed is not None:
+        req.seed = int(seed)

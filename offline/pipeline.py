@@ -15,27 +15,29 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from offline.data.artifact import UserTable, WeightArtifact
 from offline.data.cache import content_hash, load_npy, save_npy_atomic
 from offline.data.dataset import Dataset, Split, load_dataset
+from offline.config import StrictConfig
 from offline.errors import InputError
+from offline.generators import registry
+from offline.stages.prepared import Prepared
+from offline.types import WeightGenerator
 
-GENERATORS = ("knn", "knn-raw", "gemini", "openai")
-ON_FAILURE = ("fallback", "exclude", "abort")
 
 
 class BuildError(RuntimeError):
     """A stage failed; nothing was published. The message names the stage and the cause."""
 
 
-@dataclass
-class BuildConfig:
+class BuildConfig(StrictConfig):
     """Everything a build depends on (JSON-serialisable; stored in the manifest).
 
     dataset: a dataset directory in the documented layout, ``synthetic[:SEED]``, or
@@ -45,9 +47,8 @@ class BuildConfig:
     l2: L2 strength of warm training; None chooses it on held-out users from ``l2_grid``.
     embedder: ``minilm`` (bundled all-MiniLM-L6-v2), ``openclip:MODEL[:PRETRAINED_TAG_OR_PATH]``.
     k: neighbours (reference ads) per cold ad.
-    generator: ``knn`` (the deterministic default: neighbour weights with launch-time drift and a
-        neighbour-CTR intercept, offline.generators.content_knn.ContentKNNGenerator), ``knn-raw`` (plain
-        similarity-weighted neighbour weights, the baseline), ``gemini`` or ``openai``.
+    generator: a name from :data:`offline.generators.registry.GENERATORS`: ``knn-content`` (the
+        deterministic default; ``knn`` is an alias), ``knn-raw``, ``gemini`` or ``openai``.
     generator_options: passed to the generator/backend constructor (model, base_url, shots, ...).
     normalize / shift: calibration steps (paper eq. 2); None = the generator's measured default.
     user_sample: users sampled (seeded) for calibration's mean-CTR target.
@@ -59,72 +60,28 @@ class BuildConfig:
     """
 
     dataset: str = "synthetic"
-    split_quantile: float | None = None
+    split_quantile: Annotated[float, Field(gt=0, lt=1)] | None = None
     split_cutoff: float | None = None
-    min_interactions: int | None = None
-    l2: float | None = None
-    l2_grid: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-    embedder: str = "minilm"
+    min_interactions: Annotated[int, Field(ge=1)] | None = None
+    l2: Annotated[float, Field(gt=0)] | None = None
+    l2_grid: tuple[Annotated[float, Field(gt=0)], ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    embedder: Annotated[str, Field(pattern=r"^(minilm|openclip:.+)$")] = "minilm"
     use_caption: bool = True
-    k: int = 20
-    generator: str = "knn"
-    generator_options: dict[str, Any] = field(default_factory=dict)
+    k: Annotated[int, Field(ge=1)] = 20
+    generator: str = "knn-content"
+    generator_options: dict[str, Any] = Field(default_factory=dict)
     normalize: bool | None = None
     shift: bool | None = None
-    user_sample: int = 2000
-    on_failure: str = "fallback"
-    limit_cold: int | None = None
+    user_sample: Annotated[int, Field(ge=1)] = 2000
+    on_failure: Literal["fallback", "exclude", "abort"] = "fallback"
+    limit_cold: Annotated[int, Field(ge=1)] | None = None
     work_dir: str = ".llmhyper-work"
     seed: int = 0
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
-        if self.generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
-        if self.on_failure not in ON_FAILURE:
-            raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {self.on_failure!r}")
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
-        if self.limit_cold is not None and self.limit_cold < 1:
-            raise ValueError(f"limit_cold must be >= 1 or null, got {self.limit_cold}")
-        if self.user_sample < 1:
-            raise ValueError(f"user_sample must be >= 1, got {self.user_sample}")
-        if self.l2 is not None and not self.l2 > 0:
-            raise ValueError(f"l2 must be > 0, got {self.l2}")
-        if not (self.embedder == "minilm" or self.embedder.startswith("openclip:")):
-            raise ValueError(f"embedder must be 'minilm' or 'openclip:MODEL[:PRETRAINED]', got {self.embedder!r}")
-
+    @field_validator("generator")
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BuildConfig":
-        """Build from a dict (e.g. a JSON config file); unknown keys are an error."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        if "l2_grid" in d:
-            d["l2_grid"] = tuple(float(x) for x in d["l2_grid"])
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "BuildConfig":
-        """Load a JSON config file."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a JSON object")
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["l2_grid"] = list(self.l2_grid)
-        return d
+    def _known_generator(cls, v: str) -> str:
+        return registry.canonical(v)  # an alias becomes the canonical name
 
 
 # -- stage 0: the data ---------------------------------------------------------------------------
@@ -156,33 +113,6 @@ def load_source(spec: str) -> Dataset:
 
 
 # -- stage 1-3: warm weights, embeddings, neighbours -----------------------------------------------
-@dataclass
-class Prepared:
-    """What every cold-start method starts from.
-
-    warm_theta: float32 [W, F] trained weights of split.warm (same order);
-    warm_ctr: float64 [W] observed CTR of each warm ad;
-    emb: float32 [n_ads, d] L2-normalised content embeddings of every ad;
-    nbr: int64 [C, k] positions into split.warm of each cold ad's neighbours (best first);
-    sim: float32 [C, k] their cosine similarities.
-    """
-
-    dataset: Dataset
-    split: Split
-    warm_theta: np.ndarray
-    warm_ctr: np.ndarray
-    l2: float
-    emb: np.ndarray
-    nbr: np.ndarray
-    sim: np.ndarray
-    timings: dict[str, float]
-    cache: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def cold_ads(self) -> list:
-        return [self.dataset.ads[i] for i in self.split.cold]
-
-
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
         print(f"[llmhyper] {msg}", file=sys.stderr, flush=True)
@@ -281,47 +211,15 @@ def prepare(ds: Dataset, cfg: BuildConfig, quiet: bool = True) -> Prepared:
 
 
 # -- stage 4: generation ---------------------------------------------------------------------------
-BACKEND_KEYS = frozenset({"model", "base_url", "api_key", "temperature", "timeout_s", "max_output_tokens",
-                          "max_tokens", "api_key_env", "response_format"})
-
-
-def make_backend(kind: str, options: dict[str, Any]):
-    """An LLM backend: ``kind`` "gemini" or "openai"; ``options`` among :data:`BACKEND_KEYS`."""
-    unknown = sorted(set(options) - BACKEND_KEYS)
-    if unknown:
-        raise ValueError(f"unknown LLM backend option(s) {unknown}; known: {sorted(BACKEND_KEYS)}")
-    if kind == "gemini":
-        from offline.llm.gemini import GeminiBackend
-
-        return GeminiBackend(**options)
-    if kind == "openai":
-        from offline.llm.openai_compat import OpenAICompatBackend
-
-        return OpenAICompatBackend(**options)
-    raise ValueError(f"LLM backend must be 'gemini' or 'openai', got {kind!r}")
-
-
-def make_generator(cfg: BuildConfig):
-    """The configured weight generator (kNN, or an LLM generator over the configured backend)."""
-    from offline.generators import llm as generate
-
-    opts = dict(cfg.generator_options)
-    if cfg.generator == "knn":
-        from offline.generators.content_knn import ContentKNNGenerator
-
-        return ContentKNNGenerator(**opts)
-    if cfg.generator == "knn-raw":
-        return generate.RawKNNGenerator(**opts)
-    backend = make_backend(cfg.generator, {k: opts.pop(k) for k in list(opts) if k in BACKEND_KEYS})
-    opts.setdefault("cache_dir", str(Path(cfg.work_dir) / "llm-cache"))
-    opts.setdefault("use_caption", cfg.use_caption)
-    opts.setdefault("seed", cfg.seed)
-    return generate.LLMGenerator(backend, **opts)
+def make_generator(cfg: BuildConfig) -> WeightGenerator:
+    """The configured weight generator, from the registry."""
+    return registry.make_generator(cfg.generator, cfg.generator_options, work_dir=cfg.work_dir,
+                                   use_caption=cfg.use_caption, seed=cfg.seed)
 
 
 def neighbour_lists(prep: Prepared, rows: Sequence[int] | None = None) -> list[list]:
     """The Neighbour objects (ad, trained theta, similarity, observed CTR) of each cold ad."""
-    from offline.generators.types import Neighbour
+    from offline.types import Neighbour
 
     ds, split = prep.dataset, prep.split
     rows = range(len(split.cold)) if rows is None else rows
@@ -343,13 +241,8 @@ def generate_cold(prep: Prepared, generator, quiet: bool = True) -> list:
 
 # -- stage 5: calibration --------------------------------------------------------------------------
 def default_calibration(generator: str) -> tuple[bool, bool]:
-    """(normalize, shift) defaults per generator, as decided by the MovieLens evaluation.
-
-    kNN weights are already on the logit scale of trained models: unit-norm scaling shrinks their
-    user part and cost AUC, and they inherit their neighbours' intercepts, so neither step applies.
-    LLM weights follow the paper (normalise, then shift to the neighbours' mean CTR).
-    """
-    return (False, False) if generator in ("knn", "knn-raw") else (True, True)
+    """(normalize, shift) measured best for ``generator``: off for the kNN family, on for LLMs."""
+    return registry.spec(generator).calibration
 
 
 def user_sample(ds: Dataset, n: int, seed: int, users: np.ndarray | None = None) -> np.ndarray:
@@ -390,7 +283,6 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
     Raises BuildError (nothing is returned, so nothing can be published) when a stage fails or,
     with ``on_failure='abort'``, when any ad failed.
     """
-    cfg.validate()
     t_start = time.perf_counter()
     ds = dataset if dataset is not None else load_source(cfg.dataset)
     prep = prepare(ds, cfg, quiet)
@@ -408,7 +300,7 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
     thetas = np.stack([g.theta for g in generated]).astype(np.float32)
     keep = np.ones(len(generated), dtype=bool)
     if failed:
-        fallback = make_generator(BuildConfig(generator="knn"))
+        fallback = make_generator(BuildConfig(generator=registry.DEFAULT_GENERATOR))
         fallback.fit(prep)
         nl = neighbour_lists(prep)
         for c, g in enumerate(generated):
@@ -426,7 +318,7 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
     t0 = time.perf_counter()
     cal_thetas, cal_info = calibrate_cold(prep, thetas, Xs, normalize, shift)
     fell_back = [c for c, g in enumerate(generated) if g.failed and cfg.on_failure == "fallback"]
-    knn_cal = default_calibration("knn")
+    knn_cal = default_calibration(registry.DEFAULT_GENERATOR)
     if fell_back and cfg.normalize is None and cfg.shift is None and knn_cal != (normalize, shift):
         # fallback rows are kNN weights: calibrate them the way kNN weights are calibrated
         fb_thetas, fb_info = calibrate_cold(prep, thetas, Xs, *knn_cal)
@@ -463,9 +355,9 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
         "created_at": time.time(),
         "dataset": ds.name,
         "generator": getattr(gen, "name", cfg.generator),
-        "generator_config": gen.config() if cfg.generator == "knn" else None,
+        "generator_config": gen.config() if cfg.generator == "knn-content" else None,
         "model": getattr(getattr(gen, "backend", None), "model", None),
-        "prompt_version": PROMPT_VERSION if cfg.generator != "knn" else None,
+        "prompt_version": PROMPT_VERSION if registry.spec(cfg.generator).uses_llm else None,
         "embedder": cfg.embedder,
         "k": cfg.k,
         "l2": prep.l2,

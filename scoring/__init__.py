@@ -15,13 +15,26 @@ for callers that already validated the same arrays (e.g. a server that checks a
 request's feature vector once). Passing anything else than documented gives a numba
 ``TypeError`` or undefined results, never a silent copy.
 
+Content rules (``rules=``, a :class:`scoring.rules.ContentRules`): per user, ads whose
+rule fires (``x[f] > threshold``) are dropped inside the kernel before selection. They
+never change a logit. ``topk_one`` then returns fewer than ``k'`` ads when fewer are
+eligible; ``topk_batch`` keeps ``k' = min(k, #allowed)`` columns and pads short rows with
+idx -1, logit -inf, prob 0 (``score_matrix`` sets excluded entries to -inf).
+
+Thompson ranking (``topk_one_thompson`` / ``topk_batch_thompson``, :mod:`scoring.thompson`)
+orders by one seeded posterior sample per ad and returns the mean logit and CTR.
+
 The plain-NumPy twins live in :mod:`scoring.reference`.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import kernels as _k
+from . import thompson as _t
+from .rules import ContentRules, check_rules, make_rules, rule_arrays
 
 __all__ = [
     "score_all",
@@ -30,6 +43,11 @@ __all__ = [
     "topk_batch",
     "topk_one_unchecked",
     "topk_batch_unchecked",
+    "topk_one_thompson",
+    "topk_batch_thompson",
+    "ContentRules",
+    "make_rules",
+    "check_rules",
     "contributions",
     "sigmoid",
     "warmup",
@@ -42,6 +60,7 @@ _U8 = np.dtype(np.uint8)
 _BOOL = np.dtype(np.bool_)
 _NO_MASK = np.empty(0, np.uint8)  # the kernels' "every ad is allowed"
 _NO_MASK.flags.writeable = False
+_NO_RULES = rule_arrays(None)
 _KMAX = 1 << 62
 _threads = 1
 # Batched kernels in use: the single-threaded ones unless set_threads(n > 1) swapped in
@@ -119,6 +138,27 @@ def _mask(allow: object, M: int) -> np.ndarray:
     return allow
 
 
+# Rules whose three arrays are read-only cannot change, so each (rules, M, F) is checked
+# once: a server passes the same stored rules on every request.
+_checked_rules: "weakref.WeakKeyDictionary[ContentRules, tuple[int, int]]" = weakref.WeakKeyDictionary()
+
+
+def _rules(rules: object, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated kernel arrays of ``rules`` for theta's M ads and F features (None: no rules)."""
+    if rules is None:
+        return _NO_RULES
+    shape = (theta.shape[0], theta.shape[1])
+    if type(rules) is ContentRules and _checked_rules.get(rules) == shape:
+        return rules.by_feature
+    check_rules(rules, *shape)
+    cr: ContentRules = rules  # type: ignore[assignment]
+    if any(a.flags.writeable for a in (cr.ad_ptr, cr.feature, cr.threshold)):
+        # arrays that may still change: derive the kernels' index afresh, cache nothing
+        return ContentRules.by_feature.func(cr)  # type: ignore[attr-defined]
+    _checked_rules[cr] = shape
+    return cr.by_feature
+
+
 def score_all(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Logits of every ad for one user.
 
@@ -129,20 +169,29 @@ def score_all(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
     return _k.score_all(theta, x)
 
 
-def score_matrix(theta: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Logits of every ad for each of B users: theta f32[M, F], X f32[B, F] -> f32[B, M]."""
+def score_matrix(theta: np.ndarray, X: np.ndarray, rules: ContentRules | None = None) -> np.ndarray:
+    """Logits of every ad for each of B users: theta f32[M, F], X f32[B, F] -> f32[B, M].
+
+    With ``rules``, entries [b, a] where a rule of ad a fires for user b are -inf.
+    """
     _check_pair("theta", theta, "X", X, 2)
-    return _matrix_kernel(theta, X)
+    r = _rules(rules, theta)
+    Z = _matrix_kernel(theta, X)
+    if rules is not None:
+        _k.mask_excluded(Z, X, *r)
+    return Z
 
 
 def topk_one(
-    theta: np.ndarray, x: np.ndarray, k: int, allow: np.ndarray | None = None
+    theta: np.ndarray, x: np.ndarray, k: int, allow: np.ndarray | None = None,
+    rules: ContentRules | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k ads for one user, fused dot + sigmoid + top-k in one pass.
 
     theta: float32 [M, F]; x: float32 [F]; k >= 1; allow: None (all ads) or uint8/bool
-    [M] with nonzero = candidate. Returns (idx int64[k'], logit float32[k'],
-    prob float32[k']) with k' = min(k, #allowed), logit descending, ties -> lower index.
+    [M] with nonzero = candidate; rules: None or content rules over the M ads. Returns
+    (idx int64[k'], logit float32[k'], prob float32[k']) with k' = min(k, #eligible),
+    logit descending, ties -> lower index.
     """
     if not (type(theta) is np.ndarray and theta.dtype is _F32 and theta.ndim == 2
             and theta.flags.c_contiguous and type(x) is np.ndarray and x.dtype is _F32
@@ -150,40 +199,107 @@ def topk_one(
         _check_pair("theta", theta, "x", x, 1)
     if type(k) is not int or not 0 < k <= _KMAX:
         k = _check_k(k)
-    return _k.topk_one(theta, x, k, _NO_MASK if allow is None else _mask(allow, theta.shape[0]))
+    r = _NO_RULES if rules is None else _rules(rules, theta)
+    return _k.topk_one(theta, x, k, _NO_MASK if allow is None else _mask(allow, theta.shape[0]), *r)
 
 
 def topk_batch(
-    theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None
+    theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None,
+    rules: ContentRules | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k ads for each of B users (one shared allow mask).
+    """Top-k ads for each of B users (one shared allow mask, rules applied per user).
 
     theta: float32 [M, F]; X: float32 [B, F]; returns (idx int64[B, k'],
-    logit float32[B, k'], prob float32[B, k']), each row as :func:`topk_one`.
+    logit float32[B, k'], prob float32[B, k']) with k' = min(k, #allowed), each row as
+    :func:`topk_one`; a row with fewer eligible ads is padded with idx -1, logit -inf, prob 0.
     """
     _check_pair("theta", theta, "X", X, 2)
     if type(k) is not int or not 0 < k <= _KMAX:
         k = _check_k(k)
-    return _batch_kernel(theta, X, k, _mask(allow, theta.shape[0]))
+    return _batch_kernel(theta, X, k, _mask(allow, theta.shape[0]), *_rules(rules, theta))
 
 
 def topk_one_unchecked(
-    theta: np.ndarray, x: np.ndarray, k: int, allow: np.ndarray | None = None
+    theta: np.ndarray, x: np.ndarray, k: int, allow: np.ndarray | None = None,
+    rules: ContentRules | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`topk_one` without validation, for callers that validated already.
 
     Contract: theta float32 C-contiguous [M, F], x float32 C-contiguous [F], int k >= 1,
-    allow None or C-contiguous uint8 [M]. Breaking it raises a numba TypeError or
-    reads out of bounds.
+    allow None or C-contiguous uint8 [M], rules None or ContentRules that passed
+    :func:`check_rules` for this theta. Breaking it raises a numba TypeError or reads
+    out of bounds.
     """
-    return _k.topk_one(theta, x, k, _NO_MASK if allow is None else allow)
+    return _k.topk_one(theta, x, k, _NO_MASK if allow is None else allow, *rule_arrays(rules))
 
 
 def topk_batch_unchecked(
-    theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None
+    theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None,
+    rules: ContentRules | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`topk_batch` without validation (same contract as :func:`topk_one_unchecked`)."""
-    return _batch_kernel(theta, X, k, _NO_MASK if allow is None else allow)
+    return _batch_kernel(theta, X, k, _NO_MASK if allow is None else allow, *rule_arrays(rules))
+
+
+def _check_sigma(sigma: object, theta: np.ndarray) -> None:
+    if not (isinstance(sigma, np.ndarray) and sigma.dtype == _F32 and sigma.ndim == 2
+            and sigma.flags.c_contiguous and sigma.shape == theta.shape):
+        if isinstance(sigma, np.ndarray) and sigma.shape != theta.shape and sigma.ndim == 2:
+            raise ValueError(f"sigma has shape {sigma.shape} but theta has {theta.shape}")
+        raise _bad("sigma", sigma, 2)
+
+
+def _seed_u64(seed: object, what: str = "seed") -> np.uint64:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer in [0, 2**64), got {seed!r}")
+    if not 0 <= int(seed) < 1 << 64:
+        raise ValueError(f"{what} must be in [0, 2**64), got {seed}")
+    return np.uint64(int(seed))
+
+
+def topk_one_thompson(
+    theta: np.ndarray, sigma: np.ndarray, x: np.ndarray, k: int, seed: int,
+    allow: np.ndarray | None = None, rules: ContentRules | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k ads for one user ranked by a Thompson sample of each ad's logit.
+
+    theta, sigma: float32 [M, F] posterior mean and per-weight std (>= 0; not checked for
+    sign, a negative entry acts like its absolute value); x float32 [F]; seed: integer in
+    [0, 2**64), the same seed gives the same ranking. Returns (idx int64[k'], MEAN logit
+    float32[k'], MEAN prob float32[k'], sampled logit float32[k']), ordered by the sample
+    descending, k' = min(k, #eligible). See :mod:`scoring.thompson` for the draws.
+    """
+    _check_pair("theta", theta, "x", x, 1)
+    _check_sigma(sigma, theta)
+    k = _check_k(k)
+    return _t.topk_one_thompson(theta, sigma, x, k, _seed_u64(seed), _mask(allow, theta.shape[0]),
+                                *_rules(rules, theta))
+
+
+def topk_batch_thompson(
+    theta: np.ndarray, sigma: np.ndarray, X: np.ndarray, k: int, seed: int | np.ndarray,
+    allow: np.ndarray | None = None, rules: ContentRules | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Thompson top-k for B users: arrays [B, k'] as :func:`topk_one_thompson`.
+
+    seed: one integer (row b then uses ``scoring.thompson.row_seeds(seed, B)[b]``) or a
+    uint64 array [B] of per-row seeds (row b equals ``topk_one_thompson(.., X[b], k,
+    seeds[b])``, whatever the batch). k' = min(k, #allowed); rows with fewer eligible ads
+    are padded with idx -1, logit and sample -inf, prob 0.
+    """
+    _check_pair("theta", theta, "X", X, 2)
+    _check_sigma(sigma, theta)
+    k = _check_k(k)
+    if isinstance(seed, np.ndarray):
+        if seed.ndim != 1 or seed.shape[0] != X.shape[0] or seed.dtype.kind not in "iu":
+            raise ValueError(f"seed array must be integer [B={X.shape[0]}], got {seed.dtype} {seed.shape}")
+        if seed.dtype.kind == "i" and np.any(seed < 0):
+            raise ValueError("seed array entries must be >= 0")
+        seeds = np.ascontiguousarray(seed, dtype=np.uint64)
+    else:
+        seeds = _t.row_seeds(_seed_u64(seed), X.shape[0])
+    return _t.topk_batch_thompson(theta, sigma, X, k, seeds, _mask(allow, theta.shape[0]),
+                                  *_rules(rules, theta))
 
 
 def contributions(theta_row: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -224,6 +340,13 @@ def warmup() -> None:
     i2, _, _ = topk_one(theta, x, 99, allow)
     ib, _, _ = topk_batch(theta, X, 1)
     ib2, _, _ = topk_batch(theta, X, 99, allow)
+    rules = make_rules(3, 2, [(0, 1, 0.1)])  # excludes ad 0 for x (0.25 > 0.1)
+    ir, _, _ = topk_one(theta, x, 3, None, rules)
+    ibr, lbr, _ = topk_batch(theta, X, 99, allow, rules)
+    zr = score_matrix(theta, X, rules)
+    sigma = np.zeros_like(theta)
+    it, _, _, _ = topk_one_thompson(theta, sigma, x, 2, 7)
+    ibt, _, _, _ = topk_batch_thompson(theta, sigma, X, 2, 7, allow, rules)
     c = contributions(theta[0], x)
     s = sigmoid(np.array([-1e4, 0.0, 1e4], dtype=np.float32))
     ok = (
@@ -233,6 +356,11 @@ def warmup() -> None:
         and i2.tolist() == [0, 1]
         and ib.tolist() == [[0], [0]]
         and ib2.shape == (2, 2)
+        and ir.tolist() == [2, 1]
+        and ibr.tolist() == [[1, -1], [1, -1]] and float(lbr[0, 1]) == -np.inf
+        and zr[0, 0] == -np.inf and zr[0, 2] == 0.5
+        and it.tolist() == [0, 2]
+        and ibt.tolist() == [[1, -1], [1, -1]]
         and c.tolist() == [0.5, 0.25]
         and s.tolist() == [0.0, 0.5, 1.0]
         and 0.5 < float(p1[0]) < 1.0

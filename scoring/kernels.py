@@ -23,6 +23,11 @@ Numerics (shared with the NumPy twins in :mod:`scoring.reference`):
 * Ranking is by logit descending, ties broken by the lower ad index.
 * ``allow`` is a uint8 mask of length M (nonzero = candidate); a length-0 array means
   "every ad is a candidate" (the public API maps ``allow=None`` to that).
+* Content rules (``fptr``, ``fthr``, ``fad``: the by-feature index of
+  :class:`scoring.rules.ContentRules`) drop, per user, the ads whose rule fires
+  (``x[f] > t``) before selection; a length-0 ``fptr`` means none.
+  ``k'`` is still ``min(k, #allowed)``: a batch row with fewer eligible ads is padded with
+  idx -1, logit -inf, prob 0, and ``topk_one`` returns the shorter answer.
 * Non-finite input raises ``ValueError``: ``x`` is checked up front, and a row of
   ``theta`` is detected as non-finite when its float64 dot product is not finite
   (finite float32 inputs can never overflow a float64 sum, so this is exact).
@@ -35,11 +40,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
+from .rules import _clear_mask, _exclusion_mask, _mask_block
+
 # Inputs are declared read-only: a writable array converts safely to a read-only
 # parameter, and the weight store hands out read-only zero-copy views of LMDB pages.
 _F32_1D = types.Array(types.float32, 1, "C", readonly=True)
 _F32_2D = types.Array(types.float32, 2, "C", readonly=True)
 _U8_1D = types.Array(types.uint8, 1, "C", readonly=True)
+_I32_1D = types.Array(types.int32, 1, "C", readonly=True)
 _OUT_F32_1D = types.Array(types.float32, 1, "C")
 _OUT_F32_2D = types.Array(types.float32, 2, "C")
 _OUT_I64_1D = types.Array(types.int64, 1, "C")
@@ -104,16 +112,21 @@ def _n_allowed(M, allow):  # pragma: no cover - compiled
 
 
 @njit(**_KW)
-def _insert_range(theta, i0, i1, xd, kk, allow, idx, lg, n):  # pragma: no cover - compiled
+def _insert_range(theta, i0, i1, xd, kk, allow, ex, idx, lg, n):  # pragma: no cover
     """Scan ads i0 <= i < i1 into a sorted top-kk buffer (idx, lg) that holds n entries.
 
+    Skips ads the allow mask drops and ads the user's exclusion mask ``ex`` (uint8 [M] from
+    :func:`scoring.rules._exclusion_mask`, length 0 = none) marks; those are never scored.
     Buffer order: logit descending, then ad index ascending (ads arrive in index order,
     so an equal logit never displaces a buffered one). Returns the new fill count, or -1
     if a scanned row gives a non-finite logit (never raises, so it can run in prange).
     """
     use_mask = allow.shape[0] != 0
+    use_ex = ex.shape[0] != 0
     for i in range(i0, i1):
         if use_mask and allow[i] == 0:
+            continue
+        if use_ex and ex[i] != 0:
             continue
         s = _dot64(theta, i, xd)
         if not _finite(s):
@@ -136,34 +149,51 @@ def _insert_range(theta, i0, i1, xd, kk, allow, idx, lg, n):  # pragma: no cover
 
 
 @njit(**_KW)
-def _topk_into(theta, xd, kk, allow, idx, lg, scratch_i, scratch_v):  # pragma: no cover
-    """Fill idx[:kk], lg[:kk] with the top kk allowed ads for one user (float64 xd).
+def _topk_into(theta, xd, kk, allow, ex, idx, lg, scratch_i, scratch_v):  # pragma: no cover
+    """Fill idx[:n], lg[:n] with the top n <= kk eligible ads for one user (float64 xd).
 
-    scratch_i / scratch_v (length >= number of allowed ads) are only used when
-    kk > INSERTION_MAX_K. Returns False (results undefined) if a scored row of theta
-    gives a non-finite logit, i.e. holds NaN or inf; never raises, so it can run in prange.
+    Eligible: allowed by ``allow`` and not marked in the exclusion mask ``ex``. Returns n (less
+    than kk only when fewer ads are eligible; entries n..kk-1 are left untouched), or -1
+    (results undefined) if a scored row of theta gives a non-finite logit, i.e. holds NaN
+    or inf. scratch_i / scratch_v (length >= number of allowed ads) are only used when
+    kk > INSERTION_MAX_K. Never raises, so it can run in prange.
     """
     M = theta.shape[0]
     use_mask = allow.shape[0] != 0
+    use_ex = ex.shape[0] != 0
     if kk <= INSERTION_MAX_K:
-        return _insert_range(theta, 0, M, xd, kk, allow, idx, lg, 0) >= 0
+        return _insert_range(theta, 0, M, xd, kk, allow, ex, idx, lg, 0)
     n = 0
     for i in range(M):
         if use_mask and allow[i] == 0:
             continue
+        if use_ex and ex[i] != 0:
+            continue
         s = _dot64(theta, i, xd)
         if not _finite(s):
-            return False
+            return -1
         scratch_i[n] = i
         # negated so an ascending stable sort gives descending logits, lower index first
         scratch_v[n] = -np.float32(s)
         n += 1
     order = np.argsort(scratch_v[:n], kind="mergesort")
-    for t in range(kk):
+    n_out = min(kk, n)
+    for t in range(n_out):
         o = order[t]
         idx[t] = scratch_i[o]
         lg[t] = -scratch_v[o]
-    return True
+    return n_out
+
+
+@njit(**_KW)
+def _finish_row(idx, lg, pr, n):  # pragma: no cover - compiled
+    """prob = sigmoid(logit) for the n filled entries; pad the rest idx -1, logit -inf, prob 0."""
+    for t in range(n):
+        pr[t] = np.float32(_sigmoid64(np.float64(lg[t])))
+    for t in range(n, idx.shape[0]):
+        idx[t] = -1
+        lg[t] = -np.inf
+        pr[t] = 0.0
 
 
 @njit(**_KW)
@@ -207,15 +237,19 @@ def score_matrix(theta, X):  # pragma: no cover - compiled
     return out
 
 
-@njit(
-    types.Tuple((_OUT_I64_1D, _OUT_F32_1D, _OUT_F32_1D))(_F32_2D, _F32_1D, types.int64, _U8_1D),
-    **_KW,
-)
-def topk_one(theta, x, k, allow):  # pragma: no cover - compiled
+_TOPK_ONE_SIG = types.Tuple((_OUT_I64_1D, _OUT_F32_1D, _OUT_F32_1D))(
+    _F32_2D, _F32_1D, types.int64, _U8_1D, _I32_1D, _F32_1D, _I32_1D)
+_TOPK_BATCH_SIG = types.Tuple((_OUT_I64_2D, _OUT_F32_2D, _OUT_F32_2D))(
+    _F32_2D, _F32_2D, types.int64, _U8_1D, _I32_1D, _F32_1D, _I32_1D)
+
+
+@njit(_TOPK_ONE_SIG, **_KW)
+def topk_one(theta, x, k, allow, fptr, fthr, fad):  # pragma: no cover - compiled
     """Fused dot + sigmoid + top-k for one user.
 
-    Returns (idx int64[k'], logit f32[k'], prob f32[k']) with k' = min(k, #allowed),
-    sorted by logit descending, ties by lower ad index. ``allow`` of length 0 = all ads.
+    Returns (idx int64[k'], logit f32[k'], prob f32[k']) with k' = min(k, #eligible),
+    sorted by logit descending, ties by lower ad index. ``allow`` of length 0 = all ads;
+    (fptr, fthr, fad) are content rules (``ContentRules.by_feature``), fptr of length 0 = none.
     """
     n_ok = _n_allowed(theta.shape[0], allow)
     kk = max(min(k, n_ok), 0)
@@ -228,19 +262,25 @@ def topk_one(theta, x, k, allow):  # pragma: no cover - compiled
     if not _load_f64(x.reshape((1, x.shape[0])), 0, xd):
         raise ValueError("x contains NaN or inf")
     ns = n_ok if kk > INSERTION_MAX_K else 0
-    if not _topk_into(theta, xd, kk, allow, idx, lg, np.empty(ns, np.int64), np.empty(ns, np.float32)):
+    ex = np.zeros(theta.shape[0] if fptr.shape[0] != 0 else 0, np.uint8)
+    if ex.shape[0] != 0:
+        _exclusion_mask(fptr, fthr, fad, x.reshape((1, x.shape[0])), 0, ex)
+    n = _topk_into(theta, xd, kk, allow, ex, idx, lg, np.empty(ns, np.int64), np.empty(ns, np.float32))
+    if n < 0:
         raise ValueError(_THETA_BAD)
-    for t in range(kk):
-        pr[t] = np.float32(_sigmoid64(np.float64(lg[t])))
+    _finish_row(idx, lg, pr, n)
+    if n < kk:  # content rules left fewer eligible ads than k: a shorter answer
+        return idx[:n].copy(), lg[:n].copy(), pr[:n].copy()
     return idx, lg, pr
 
 
-@njit(
-    types.Tuple((_OUT_I64_2D, _OUT_F32_2D, _OUT_F32_2D))(_F32_2D, _F32_2D, types.int64, _U8_1D),
-    **_KW,
-)
-def topk_batch(theta, X, k, allow):  # pragma: no cover - compiled
-    """Fused top-k for B users: arrays [B, k'] as in :func:`topk_one`, one row per user."""
+@njit(_TOPK_BATCH_SIG, **_KW)
+def topk_batch(theta, X, k, allow, fptr, fthr, fad):  # pragma: no cover - compiled
+    """Fused top-k for B users: arrays [B, k'] as in :func:`topk_one`, one row per user.
+
+    k' = min(k, #allowed). A row whose user has fewer eligible ads (content rules) is
+    padded at the end with idx -1, logit -inf, prob 0.
+    """
     B, F = X.shape
     n_ok = _n_allowed(theta.shape[0], allow)
     kk = max(min(k, n_ok), 0)
@@ -256,13 +296,24 @@ def topk_batch(theta, X, k, allow):  # pragma: no cover - compiled
     ns = n_ok if kk > INSERTION_MAX_K else 0
     si = np.empty(ns, np.int64)
     sv = np.empty(ns, np.float32)
+    has_rules = fptr.shape[0] != 0
+    ex = np.zeros(theta.shape[0] if has_rules else 0, np.uint8)
     for b in range(B):
-        if not _topk_into(theta, X64[b], kk, allow, idx[b], lg[b], si, sv):
+        fired = _exclusion_mask(fptr, fthr, fad, X, b, ex) if has_rules else 0
+        n = _topk_into(theta, X64[b], kk, allow, ex, idx[b], lg[b], si, sv)
+        if fired:
+            _clear_mask(fptr, fthr, fad, X, b, ex)
+        if n < 0:
             raise ValueError(_THETA_BAD)
-    for b in range(B):
-        for t in range(kk):
-            pr[b, t] = np.float32(_sigmoid64(np.float64(lg[b, t])))
+        _finish_row(idx[b], lg[b], pr[b], n)
     return idx, lg, pr
+
+
+@njit(types.int64(_OUT_F32_2D, _F32_2D, _I32_1D, _F32_1D, _I32_1D), **_KW)
+def mask_excluded(Z, X, fptr, fthr, fad):  # pragma: no cover - compiled
+    """Z f32[B, M] logits: set Z[b, a] = -inf where a content rule of ad a fires for X[b];
+    returns how many entries were masked (see :func:`scoring.rules._mask_block`)."""
+    return _mask_block(Z, X, 0, 0, fptr, fthr, fad, np.zeros(Z.shape[1], np.uint8))
 
 
 @njit(_OUT_F32_1D(_F32_1D, _F32_1D), **_KW)
@@ -286,4 +337,4 @@ def sigmoid(z):  # pragma: no cover - compiled
 
 
 #: Every compiled entry point, for warm-up and tests.
-KERNELS = ("score_all", "score_matrix", "topk_one", "topk_batch", "contributions", "sigmoid")
+KERNELS = ("score_all", "score_matrix", "topk_one", "topk_batch", "mask_excluded", "contributions", "sigmoid")

@@ -7,19 +7,19 @@ kernels (each user's row is computed by the same code; only the user order diffe
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, prange
 
+from .rules import _exclusion_mask
 from .kernels import (
     _F32_2D,
     _OUT_F32_2D,
-    _OUT_I64_2D,
     _THETA_BAD,
-    _U8_1D,
+    _TOPK_BATCH_SIG,
     INSERTION_MAX_K,
+    _finish_row,
     _load_f64,
     _n_allowed,
     _scores_into,
-    _sigmoid64,
     _topk_into,
 )
 
@@ -54,12 +54,9 @@ def score_matrix(theta, X):  # pragma: no cover - compiled
     return out
 
 
-@njit(
-    types.Tuple((_OUT_I64_2D, _OUT_F32_2D, _OUT_F32_2D))(_F32_2D, _F32_2D, types.int64, _U8_1D),
-    **_KW,
-)
-def topk_batch(theta, X, k, allow):  # pragma: no cover - compiled
-    """Parallel twin of :func:`scoring.kernels.topk_batch` (arrays [B, k'])."""
+@njit(_TOPK_BATCH_SIG, **_KW)
+def topk_batch(theta, X, k, allow, fptr, fthr, fad):  # pragma: no cover - compiled
+    """Parallel twin of :func:`scoring.kernels.topk_batch` (arrays [B, k'], padded rows)."""
     B, F = X.shape
     n_ok = _n_allowed(theta.shape[0], allow)
     kk = max(min(k, n_ok), 0)
@@ -70,15 +67,20 @@ def topk_batch(theta, X, k, allow):  # pragma: no cover - compiled
         return idx, lg, pr
     ns = n_ok if kk > INSERTION_MAX_K else 0
     status = np.zeros(B, np.uint8)
+    M_ex = theta.shape[0] if fptr.shape[0] != 0 else 0
     for b in prange(B):
         xd = np.empty(F, np.float64)
         if not _load_f64(X, b, xd):
             status[b] = 1
-        elif not _topk_into(theta, xd, kk, allow, idx[b], lg[b],
-                            np.empty(ns, np.int64), np.empty(ns, np.float32)):
-            status[b] = 2
         else:
-            for t in range(kk):
-                pr[b, t] = np.float32(_sigmoid64(np.float64(lg[b, t])))
+            ex = np.zeros(M_ex, np.uint8)
+            if M_ex:
+                _exclusion_mask(fptr, fthr, fad, X, b, ex)
+            n = _topk_into(theta, xd, kk, allow, ex, idx[b], lg[b],
+                           np.empty(ns, np.int64), np.empty(ns, np.float32))
+            if n < 0:
+                status[b] = 2
+            else:
+                _finish_row(idx[b], lg[b], pr[b], n)
     _raise_for(status)
     return idx, lg, pr

@@ -103,3 +103,141 @@ def topk_batch(
 def contributions(theta_row: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Per-feature contributions f32[F] = theta_row * x (float32 products)."""
     return np.multiply(theta_row, x, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- content rules
+def rules_excluding(rules, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which ads the content rules exclude for one user.
+
+    rules: a :class:`scoring.rules.ContentRules` over M ads (or None: nothing excluded,
+    then M is unknown and both arrays are empty); x: float32 [F]. Returns
+    (excluded bool[M], rule int64[M]) where rule[a] is the index (into rules.feature /
+    rules.threshold) of the FIRST rule of ad a with x[f] > threshold, or -1.
+    """
+    if rules is None:
+        return np.zeros(0, bool), np.zeros(0, np.int64)
+    M = rules.ad_ptr.shape[0] - 1
+    fires = x[rules.feature] > rules.threshold  # float32 vs float32, like the kernels
+    ad_of = np.repeat(np.arange(M), np.diff(rules.ad_ptr))
+    rule = np.full(M, -1, np.int64)
+    hit = np.flatnonzero(fires)[::-1]  # reversed so the first rule of each ad is written last
+    rule[ad_of[hit]] = hit
+    return rule >= 0, rule
+
+
+def _eligible(M: int, allow: np.ndarray | None, rules, x: np.ndarray) -> np.ndarray:
+    """Ascending indices of ads allowed by ``allow`` and not excluded by ``rules`` for x."""
+    ok = np.ones(M, bool) if allow is None or len(allow) == 0 else np.asarray(allow) != 0
+    if rules is not None:
+        ok &= ~rules_excluding(rules, x)[0]
+    return np.flatnonzero(ok)
+
+
+def _pad(rows: list[tuple[np.ndarray, ...]], kk: int, fills: tuple) -> tuple[np.ndarray, ...]:
+    out = []
+    for j, fill in enumerate(fills):
+        dt = rows[0][j].dtype if rows else np.float32
+        a = np.full((len(rows), kk), fill, dtype=dt)
+        for b, r in enumerate(rows):
+            a[b, : len(r[j])] = r[j]
+        out.append(a)
+    return tuple(out)
+
+
+def topk_one_rules(theta: np.ndarray, x: np.ndarray, k: int, allow: np.ndarray | None = None,
+                   rules=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Twin of ``scoring.topk_one(..., rules=)``: top-k of the eligible ads, k' = min(k, #eligible)."""
+    cand = _eligible(theta.shape[0], allow, rules, x)
+    mask = np.zeros(theta.shape[0], np.uint8)
+    mask[cand] = 1
+    if cand.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.float32)
+    return topk_one(theta, x, k, mask)
+
+
+def topk_batch_rules(theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None,
+                     rules=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Twin of ``scoring.topk_batch(..., rules=)``: [B, min(k, #allowed)], short rows padded
+    with idx -1, logit -inf, prob 0."""
+    M = theta.shape[0]
+    n_ok = M if allow is None or len(allow) == 0 else int(np.count_nonzero(allow))
+    kk = max(min(int(k), n_ok), 0)
+    rows = [topk_one_rules(theta, x, kk, allow, rules) if kk else
+            (np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.float32)) for x in X]
+    idx, lg, pr = _pad(rows, kk, (-1, -np.inf, 0.0))
+    return idx.astype(np.int64), lg.astype(np.float32), pr.astype(np.float32)
+
+
+def score_matrix_rules(theta: np.ndarray, X: np.ndarray, rules=None) -> np.ndarray:
+    """Twin of ``scoring.score_matrix(..., rules=)``: excluded (user, ad) entries are -inf."""
+    Z = score_matrix(theta, X)
+    if rules is not None:
+        for b in range(X.shape[0]):
+            Z[b, rules_excluding(rules, X[b])[0]] = -np.inf
+    return Z
+
+
+# ---------------------------------------------------------------- Thompson sampling
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """Vectorised splitmix64 output of uint64 states x (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def normal_draws(seed: int, M: int) -> np.ndarray:
+    """The standard normal draw z[a] (float64 [M]) every Thompson kernel uses for ad a
+    under ``seed`` (counter-based: splitmix64 + Box-Muller, see :mod:`scoring.thompson`)."""
+    key = _splitmix64(np.array([int(seed) & _MASK64], np.uint64))[0]
+    with np.errstate(over="ignore"):
+        h = _splitmix64(key + np.arange(M, dtype=np.uint64))
+    u1 = ((h >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * 2.0**-53
+    u2 = (_splitmix64(h) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def row_seeds(seed: int, B: int) -> np.ndarray:
+    """Twin of ``scoring.thompson.row_seeds``: uint64 [B] = splitmix64(seed + b)."""
+    with np.errstate(over="ignore"):
+        return _splitmix64(np.uint64(int(seed) & _MASK64) + np.arange(B, dtype=np.uint64))
+
+
+def thompson_samples(theta: np.ndarray, sigma: np.ndarray, x: np.ndarray, seed: int) -> np.ndarray:
+    """Sampled logits f32[M]: float32(theta . x + z * sqrt(sum_f sigma^2 x^2)), in float64."""
+    x64 = x.astype(np.float64)
+    mean = theta.astype(np.float64) @ x64
+    sd = np.sqrt(((sigma.astype(np.float64) * x64) ** 2).sum(axis=1))
+    return (mean + normal_draws(seed, theta.shape[0]) * sd).astype(np.float32)
+
+
+def topk_one_thompson(theta: np.ndarray, sigma: np.ndarray, x: np.ndarray, k: int, seed: int,
+                      allow: np.ndarray | None = None, rules=None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Twin of ``scoring.topk_one_thompson``: (idx, mean logit, mean prob, sample), k' = min(k, #eligible)."""
+    _check_finite("x", x)
+    cand = _eligible(theta.shape[0], allow, rules, x)
+    if cand.size == 0:
+        e = np.empty(0, np.float32)
+        return np.empty(0, np.int64), e, e.copy(), e.copy()
+    mean = _logits64(theta[cand], x).astype(np.float32)
+    smp = thompson_samples(theta, sigma, x, seed)[cand]
+    order = np.argsort(-smp, kind="stable")[: max(min(int(k), cand.size), 0)]
+    lg = mean[order]
+    return cand[order].astype(np.int64), lg, sigmoid(lg), smp[order]
+
+
+def topk_batch_thompson(theta: np.ndarray, sigma: np.ndarray, X: np.ndarray, k: int, seeds: np.ndarray,
+                        allow: np.ndarray | None = None, rules=None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Twin of ``scoring.topk_batch_thompson`` with per-row uint64 seeds [B] (padded rows)."""
+    M = theta.shape[0]
+    n_ok = M if allow is None or len(allow) == 0 else int(np.count_nonzero(allow))
+    kk = max(min(int(k), n_ok), 0)
+    rows = [topk_one_thompson(theta, sigma, x, kk, int(s), allow, rules) for x, s in zip(X, seeds)]
+    idx, lg, pr, smp = _pad(rows, kk, (-1, -np.inf, 0.0, -np.inf))
+    return idx.astype(np.int64), lg.astype(np.float32), pr.astype(np.float32), smp.astype(np.float32)

@@ -170,11 +170,12 @@ FEATS = [("bias", "intercept: 1 for every user")] + [(f"f{i}", f"engagement with
 SMALL = FEATS[:5]  # bias + 4 features: one batch of 4
 
 
-def make_catalog(n_ads=4, k=5, F=len(FEATS), seed=0):
+def make_catalog(n_ads=4, k=5, F=None, seed=0):
     """Cold ads and their neighbours (warm ads with random trained weights), deterministic."""
     from offline.data.dataset import Ad
-    from offline.generators.types import Neighbour
+    from offline.types import Neighbour
 
+    F = len(FEATS) if F is None else F
     rng = np.random.default_rng(seed)
     ads, nbs = [], []
     for i in range(n_ads):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmhyper/v1/ranker.proto\x12\x0bllmhyper.v1\"\x89\x02\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\x02\x12=\n\x0b\x66\x65\x61ture_map\x18\x03 \x03(\x0b\x32(.llmhyper.v1.RankRequest.FeatureMapEntry\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x14\n\x0c\x61llow_ad_ids\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65ny_ad_ids\x18\x06 \x03(\t\x12\x1a\n\x12with_contributions\x18\x07 \x01(\x08\x12\x0f\n\x07version\x18\x08 \x01(\t\x1a\x31\n\x0f\x46\x65\x61tureMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"^\n\x08ScoredAd\x12\r\n\x05\x61\x64_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63tr\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\x12\x15\n\rcontributions\x18\x04 \x03(\x02\x12\x10\n\x08\x61\x64_index\x18\x05 \x01(\x05\"Z\n\x0cRankResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\"\n\x03\x61\x64s\x18\x02 \x03(\x0b\x32\x15.llmhyper.v1.ScoredAd\x12\x15\n\rfeature_names\x18\x03 \x03(\t\"\xac\x01\n\x10RankBatchRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0c\x12\x10\n\x08user_ids\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x14\n\x0c\x61llow_ad_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65ny_ad_ids\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x14\n\x0cnum_features\x18\x07 \x01(\x05\x12\x13\n\x0bskip_ad_ids\x18\x08 \x01(\x08\"\x82\x01\n\x11RankBatchResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tnum_users\x18\x02 \x01(\x05\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x12\n\nad_indices\x18\x04 \x01(\x0c\x12\x0b\n\x03\x63tr\x18\x05 \x01(\x0c\x12\r\n\x05logit\x18\x06 \x01(\x0c\x12\x0e\n\x06\x61\x64_ids\x18\x07 \x03(\t\"\xc8\x01\n\x0e\x45xplainRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\x02\x12@\n\x0b\x66\x65\x61ture_map\x18\x03 \x03(\x0b\x32+.llmhyper.v1.ExplainRequest.FeatureMapEntry\x12\r\n\x05\x61\x64_id\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x1a\x31\n\x0f\x46\x65\x61tureMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x80\x01\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x02\x12\x0e\n\x06weight\x18\x04 \x01(\x02\x12\x14\n\x0c\x63ontribution\x18\x05 \x01(\x02\x12\x11\n\trationale\x18\x06 \x01(\t\"\xb7\x01\n\x0f\x45xplainResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05\x61\x64_id\x18\x02 \x01(\t\x12\r\n\x05logit\x18\x03 \x01(\x02\x12\x0b\n\x03\x63tr\x18\x04 \x01(\x02\x12\x37\n\rcontributions\x18\x05 \x03(\x0b\x32 .llmhyper.v1.FeatureContribution\x12\x16\n\x0erationale_json\x18\x06 \x01(\t\x12\x17\n\x0fprovenance_json\x18\x07 \x01(\t\"&\n\x13GetModelInfoRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\",\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"|\n\x0eVersionSummary\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x01\x12\r\n\x05n_ads\x18\x03 \x01(\x05\x12\x12\n\nn_features\x18\x04 \x01(\x05\x12\x11\n\tgenerator\x18\x05 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x08\"\xce\x01\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05n_ads\x18\x02 \x01(\x05\x12\x0e\n\x06\x61\x64_ids\x18\x03 \x03(\t\x12&\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x14.llmhyper.v1.Feature\x12\x15\n\rmanifest_json\x18\x05 \x01(\t\x12-\n\x08versions\x18\x06 \x03(\x0b\x32\x1b.llmhyper.v1.VersionSummary\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x0f\n\x07n_users\x18\x08 \x01(\x03\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse2\xde\x02\n\x06Ranker\x12;\n\x04Rank\x12\x18.llmhyper.v1.RankRequest\x1a\x19.llmhyper.v1.RankResponse\x12J\n\tRankBatch\x12\x1d.llmhyper.v1.RankBatchRequest\x1a\x1e.llmhyper.v1.RankBatchResponse\x12\x44\n\x07\x45xplain\x12\x1b.llmhyper.v1.ExplainRequest\x1a\x1c.llmhyper.v1.ExplainResponse\x12H\n\x0cGetModelInfo\x12 .llmhyper.v1.GetModelInfoRequest\x1a\x16.llmhyper.v1.ModelInfo\x12;\n\x04Ping\x12\x18.llmhyper.v1.PingRequest\x1a\x19.llmhyper.v1.PingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmhyper/v1/ranker.proto\x12\x0bllmhyper.v1\"\x81\x03\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\x02\x12=\n\x0b\x66\x65\x61ture_map\x18\x03 \x03(\x0b\x32(.llmhyper.v1.RankRequest.FeatureMapEntry\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x14\n\x0c\x61llow_ad_ids\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65ny_ad_ids\x18\x06 \x03(\t\x12\x1a\n\x12with_contributions\x18\x07 \x01(\x08\x12\x0f\n\x07version\x18\x08 \x01(\t\x12 \n\x13\x61pply_content_rules\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07\x65xplore\x18\n \x01(\x08H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x0b \x01(\x04H\x02\x88\x01\x01\x1a\x31\n\x0f\x46\x65\x61tureMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x16\n\x14_apply_content_rulesB\n\n\x08_exploreB\x07\n\x05_seed\"^\n\x08ScoredAd\x12\r\n\x05\x61\x64_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63tr\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\x12\x15\n\rcontributions\x18\x04 \x03(\x02\x12\x10\n\x08\x61\x64_index\x18\x05 \x01(\x05\"\x99\x01\n\x0cRankResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\"\n\x03\x61\x64s\x18\x02 \x03(\x0b\x32\x15.llmhyper.v1.ScoredAd\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x1d\n\x15\x63ontent_rules_applied\x18\x04 \x01(\x08\x12\x10\n\x08\x65xplored\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x04\"\xa4\x02\n\x10RankBatchRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0c\x12\x10\n\x08user_ids\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x14\n\x0c\x61llow_ad_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65ny_ad_ids\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x14\n\x0cnum_features\x18\x07 \x01(\x05\x12\x13\n\x0bskip_ad_ids\x18\x08 \x01(\x08\x12 \n\x13\x61pply_content_rules\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07\x65xplore\x18\n \x01(\x08H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x0b \x01(\x04H\x02\x88\x01\x01\x42\x16\n\x14_apply_content_rulesB\n\n\x08_exploreB\x07\n\x05_seed\"\xc1\x01\n\x11RankBatchResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tnum_users\x18\x02 \x01(\x05\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x12\n\nad_indices\x18\x04 \x01(\x0c\x12\x0b\n\x03\x63tr\x18\x05 \x01(\x0c\x12\r\n\x05logit\x18\x06 \x01(\x0c\x12\x0e\n\x06\x61\x64_ids\x18\x07 \x03(\t\x12\x1d\n\x15\x63ontent_rules_applied\x18\x08 \x01(\x08\x12\x10\n\x08\x65xplored\x18\t \x01(\x08\x12\x0c\n\x04seed\x18\n \x01(\x04\"\xc8\x01\n\x0e\x45xplainRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\x02\x12@\n\x0b\x66\x65\x61ture_map\x18\x03 \x03(\x0b\x32+.llmhyper.v1.ExplainRequest.FeatureMapEntry\x12\r\n\x05\x61\x64_id\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x1a\x31\n\x0f\x46\x65\x61tureMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x80\x01\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x02\x12\x0e\n\x06weight\x18\x04 \x01(\x02\x12\x14\n\x0c\x63ontribution\x18\x05 \x01(\x02\x12\x11\n\trationale\x18\x06 \x01(\t\"\x83\x02\n\x0f\x45xplainResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05\x61\x64_id\x18\x02 \x01(\t\x12\r\n\x05logit\x18\x03 \x01(\x02\x12\x0b\n\x03\x63tr\x18\x04 \x01(\x02\x12\x37\n\rcontributions\x18\x05 \x03(\x0b\x32 .llmhyper.v1.FeatureContribution\x12\x16\n\x0erationale_json\x18\x06 \x01(\t\x12\x17\n\x0fprovenance_json\x18\x07 \x01(\t\x12/\n\rcontent_rules\x18\x08 \x03(\x0b\x32\x18.llmhyper.v1.ContentRule\x12\x19\n\x11\x65xcluded_by_rules\x18\t \x01(\x08\"c\n\x0b\x43ontentRule\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12\r\n\x05value\x18\x03 \x01(\x02\x12\r\n\x05\x66ires\x18\x04 \x01(\x08\x12\x12\n\nrule_index\x18\x05 \x01(\x05\"&\n\x13GetModelInfoRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\",\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"|\n\x0eVersionSummary\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x01\x12\r\n\x05n_ads\x18\x03 \x01(\x05\x12\x12\n\nn_features\x18\x04 \x01(\x05\x12\x11\n\tgenerator\x18\x05 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x08\"\xce\x01\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05n_ads\x18\x02 \x01(\x05\x12\x0e\n\x06\x61\x64_ids\x18\x03 \x03(\t\x12&\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x14.llmhyper.v1.Feature\x12\x15\n\rmanifest_json\x18\x05 \x01(\t\x12-\n\x08versions\x18\x06 \x03(\x0b\x32\x1b.llmhyper.v1.VersionSummary\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x0f\n\x07n_users\x18\x08 \x01(\x03\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse2\xde\x02\n\x06Ranker\x12;\n\x04Rank\x12\x18.llmhyper.v1.RankRequest\x1a\x19.llmhyper.v1.RankResponse\x12J\n\tRankBatch\x12\x1d.llmhyper.v1.RankBatchRequest\x1a\x1e.llmhyper.v1.RankBatchResponse\x12\x44\n\x07\x45xplain\x12\x1b.llmhyper.v1.ExplainRequest\x1a\x1c.llmhyper.v1.ExplainResponse\x12H\n\x0cGetModelInfo\x12 .llmhyper.v1.GetModelInfoRequest\x1a\x16.llmhyper.v1.ModelInfo\x12;\n\x04Ping\x12\x18.llmhyper.v1.PingRequest\x1a\x19.llmhyper.v1.PingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,37 +36,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPLAINREQUEST_FEATUREMAPENTRY']._loaded_options = None
   _globals['_EXPLAINREQUEST_FEATUREMAPENTRY']._serialized_options = b'8\001'
   _globals['_RANKREQUEST']._serialized_start=42
-  _globals['_RANKREQUEST']._serialized_end=307
-  _globals['_RANKREQUEST_FEATUREMAPENTRY']._serialized_start=258
-  _globals['_RANKREQUEST_FEATUREMAPENTRY']._serialized_end=307
-  _globals['_SCOREDAD']._serialized_start=309
-  _globals['_SCOREDAD']._serialized_end=403
-  _globals['_RANKRESPONSE']._serialized_start=405
-  _globals['_RANKRESPONSE']._serialized_end=495
-  _globals['_RANKBATCHREQUEST']._serialized_start=498
-  _globals['_RANKBATCHREQUEST']._serialized_end=670
-  _globals['_RANKBATCHRESPONSE']._serialized_start=673
-  _globals['_RANKBATCHRESPONSE']._serialized_end=803
-  _globals['_EXPLAINREQUEST']._serialized_start=806
-  _globals['_EXPLAINREQUEST']._serialized_end=1006
-  _globals['_EXPLAINREQUEST_FEATUREMAPENTRY']._serialized_start=258
-  _globals['_EXPLAINREQUEST_FEATUREMAPENTRY']._serialized_end=307
-  _globals['_FEATURECONTRIBUTION']._serialized_start=1009
-  _globals['_FEATURECONTRIBUTION']._serialized_end=1137
-  _globals['_EXPLAINRESPONSE']._serialized_start=1140
-  _globals['_EXPLAINRESPONSE']._serialized_end=1323
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1325
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1363
-  _globals['_FEATURE']._serialized_start=1365
-  _globals['_FEATURE']._serialized_end=1409
-  _globals['_VERSIONSUMMARY']._serialized_start=1411
-  _globals['_VERSIONSUMMARY']._serialized_end=1535
-  _globals['_MODELINFO']._serialized_start=1538
-  _globals['_MODELINFO']._serialized_end=1744
-  _globals['_PINGREQUEST']._serialized_start=1746
-  _globals['_PINGREQUEST']._serialized_end=1759
-  _globals['_PINGRESPONSE']._serialized_start=1761
-  _globals['_PINGRESPONSE']._serialized_end=1775
-  _globals['_RANKER']._serialized_start=1778
-  _globals['_RANKER']._serialized_end=2128
+  _globals['_RANKREQUEST']._serialized_end=427
+  _globals['_RANKREQUEST_FEATUREMAPENTRY']._serialized_start=333
+  _globals['_RANKREQUEST_FEATUREMAPENTRY']._serialized_end=382
+  _globals['_SCOREDAD']._serialized_start=429
+  _globals['_SCOREDAD']._serialized_end=523
+  _globals['_RANKRESPONSE']._serialized_start=526
+  _globals['_RANKRESPONSE']._serialized_end=679
+  _globals['_RANKBATCHREQUEST']._serialized_start=682
+  _globals['_RANKBATCHREQUEST']._serialized_end=974
+  _globals['_RANKBATCHRESPONSE']._serialized_start=977
+  _globals['_RANKBATCHRESPONSE']._serialized_end=1170
+  _globals['_EXPLAINREQUEST']._serialized_start=1173
+  _globals['_EXPLAINREQUEST']._serialized_end=1373
+  _globals['_EXPLAINREQUEST_FEATUREMAPENTRY']._serialized_start=333
+  _globals['_EXPLAINREQUEST_FEATUREMAPENTRY']._serialized_end=382
+  _globals['_FEATURECONTRIBUTION']._serialized_start=1376
+  _globals['_FEATURECONTRIBUTION']._serialized_end=1504
+  _globals['_EXPLAINRESPONSE']._serialized_start=1507
+  _globals['_EXPLAINRESPONSE']._serialized_end=1766
+  _globals['_CONTENTRULE']._serialized_start=1768
+  _globals['_CONTENTRULE']._serialized_end=1867
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1869
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1907
+  _globals['_FEATURE']._serialized_start=1909
+  _globals['_FEATURE']._serialized_end=1953
+  _globals['_VERSIONSUMMARY']._serialized_start=1955
+  _globals['_VERSIONSUMMARY']._serialized_end=2079
+  _globals['_MODELINFO']._serialized_start=2082
+  _globals['_MODELINFO']._serialized_end=2288
+  _globals['_PINGREQUEST']._serialized_start=2290
+  _globals['_PINGREQUEST']._serialized_end=2303
+  _globals['_PINGRESPONSE']._serialized_start=2305
+  _globals['_PINGRESPONSE']._serialized_end=2319
+  _globals['_RANKER']._serialized_start=2322
+  _globals['_RANKER']._serialized_end=2672
 # @@protoc_insertion_point(module_scope)

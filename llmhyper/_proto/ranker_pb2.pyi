@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RankRequest(_message.Message):
-    __slots__ = ("user_id", "features", "feature_map", "top_k", "allow_ad_ids", "deny_ad_ids", "with_contributions", "version")
+    __slots__ = ("user_id", "features", "feature_map", "top_k", "allow_ad_ids", "deny_ad_ids", "with_contributions", "version", "apply_content_rules", "explore", "seed")
     class FeatureMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,9 @@ class RankRequest(_message.Message):
     DENY_AD_IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLY_CONTENT_RULES_FIELD_NUMBER: _ClassVar[int]
+    EXPLORE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     features: _containers.RepeatedScalarFieldContainer[float]
     feature_map: _containers.ScalarMap[str, float]
@@ -31,7 +34,10 @@ class RankRequest(_message.Message):
     deny_ad_ids: _containers.RepeatedScalarFieldContainer[str]
     with_contributions: bool
     version: str
-    def __init__(self, user_id: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., feature_map: _Optional[_Mapping[str, float]] = ..., top_k: _Optional[int] = ..., allow_ad_ids: _Optional[_Iterable[str]] = ..., deny_ad_ids: _Optional[_Iterable[str]] = ..., with_contributions: _Optional[bool] = ..., version: _Optional[str] = ...) -> None: ...
+    apply_content_rules: bool
+    explore: bool
+    seed: int
+    def __init__(self, user_id: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., feature_map: _Optional[_Mapping[str, float]] = ..., top_k: _Optional[int] = ..., allow_ad_ids: _Optional[_Iterable[str]] = ..., deny_ad_ids: _Optional[_Iterable[str]] = ..., with_contributions: _Optional[bool] = ..., version: _Optional[str] = ..., apply_content_rules: _Optional[bool] = ..., explore: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ScoredAd(_message.Message):
     __slots__ = ("ad_id", "ctr", "logit", "contributions", "ad_index")
@@ -48,17 +54,23 @@ class ScoredAd(_message.Message):
     def __init__(self, ad_id: _Optional[str] = ..., ctr: _Optional[float] = ..., logit: _Optional[float] = ..., contributions: _Optional[_Iterable[float]] = ..., ad_index: _Optional[int] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("version", "ads", "feature_names")
+    __slots__ = ("version", "ads", "feature_names", "content_rules_applied", "explored", "seed")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ADS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_RULES_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     version: str
     ads: _containers.RepeatedCompositeFieldContainer[ScoredAd]
     feature_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., ads: _Optional[_Iterable[_Union[ScoredAd, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    content_rules_applied: bool
+    explored: bool
+    seed: int
+    def __init__(self, version: _Optional[str] = ..., ads: _Optional[_Iterable[_Union[ScoredAd, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., content_rules_applied: _Optional[bool] = ..., explored: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class RankBatchRequest(_message.Message):
-    __slots__ = ("features", "user_ids", "top_k", "allow_ad_ids", "deny_ad_ids", "version", "num_features", "skip_ad_ids")
+    __slots__ = ("features", "user_ids", "top_k", "allow_ad_ids", "deny_ad_ids", "version", "num_features", "skip_ad_ids", "apply_content_rules", "explore", "seed")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +79,9 @@ class RankBatchRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_FEATURES_FIELD_NUMBER: _ClassVar[int]
     SKIP_AD_IDS_FIELD_NUMBER: _ClassVar[int]
+    APPLY_CONTENT_RULES_FIELD_NUMBER: _ClassVar[int]
+    EXPLORE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     features: bytes
     user_ids: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
@@ -75,10 +90,13 @@ class RankBatchRequest(_message.Message):
     version: str
     num_features: int
     skip_ad_ids: bool
-    def __init__(self, features: _Optional[bytes] = ..., user_ids: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., allow_ad_ids: _Optional[_Iterable[str]] = ..., deny_ad_ids: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., num_features: _Optional[int] = ..., skip_ad_ids: _Optional[bool] = ...) -> None: ...
+    apply_content_rules: bool
+    explore: bool
+    seed: int
+    def __init__(self, features: _Optional[bytes] = ..., user_ids: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., allow_ad_ids: _Optional[_Iterable[str]] = ..., deny_ad_ids: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., num_features: _Optional[int] = ..., skip_ad_ids: _Optional[bool] = ..., apply_content_rules: _Optional[bool] = ..., explore: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class RankBatchResponse(_message.Message):
-    __slots__ = ("version", "num_users", "k", "ad_indices", "ctr", "logit", "ad_ids")
+    __slots__ = ("version", "num_users", "k", "ad_indices", "ctr", "logit", "ad_ids", "content_rules_applied", "explored", "seed")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_USERS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +104,9 @@ class RankBatchResponse(_message.Message):
     CTR_FIELD_NUMBER: _ClassVar[int]
     LOGIT_FIELD_NUMBER: _ClassVar[int]
     AD_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_RULES_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     version: str
     num_users: int
     k: int
@@ -93,7 +114,10 @@ class RankBatchResponse(_message.Message):
     ctr: bytes
     logit: bytes
     ad_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., num_users: _Optional[int] = ..., k: _Optional[int] = ..., ad_indices: _Optional[bytes] = ..., ctr: _Optional[bytes] = ..., logit: _Optional[bytes] = ..., ad_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    content_rules_applied: bool
+    explored: bool
+    seed: int
+    def __init__(self, version: _Optional[str] = ..., num_users: _Optional[int] = ..., k: _Optional[int] = ..., ad_indices: _Optional[bytes] = ..., ctr: _Optional[bytes] = ..., logit: _Optional[bytes] = ..., ad_ids: _Optional[_Iterable[str]] = ..., content_rules_applied: _Optional[bool] = ..., explored: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("user_id", "features", "feature_map", "ad_id", "version")
@@ -133,7 +157,7 @@ class FeatureContribution(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., contribution: _Optional[float] = ..., rationale: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("version", "ad_id", "logit", "ctr", "contributions", "rationale_json", "provenance_json")
+    __slots__ = ("version", "ad_id", "logit", "ctr", "contributions", "rationale_json", "provenance_json", "content_rules", "excluded_by_rules")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AD_ID_FIELD_NUMBER: _ClassVar[int]
     LOGIT_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +165,8 @@ class ExplainResponse(_message.Message):
     CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     RATIONALE_JSON_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_RULES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_BY_RULES_FIELD_NUMBER: _ClassVar[int]
     version: str
     ad_id: str
     logit: float
@@ -148,7 +174,23 @@ class ExplainResponse(_message.Message):
     contributions: _containers.RepeatedCompositeFieldContainer[FeatureContribution]
     rationale_json: str
     provenance_json: str
-    def __init__(self, version: _Optional[str] = ..., ad_id: _Optional[str] = ..., logit: _Optional[float] = ..., ctr: _Optional[float] = ..., contributions: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ..., rationale_json: _Optional[str] = ..., provenance_json: _Optional[str] = ...) -> None: ...
+    content_rules: _containers.RepeatedCompositeFieldContainer[ContentRule]
+    excluded_by_rules: bool
+    def __init__(self, version: _Optional[str] = ..., ad_id: _Optional[str] = ..., logit: _Optional[float] = ..., ctr: _Optional[float] = ..., contributions: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ..., rationale_json: _Optional[str] = ..., provenance_json: _Optional[str] = ..., content_rules: _Optional[_Iterable[_Union[ContentRule, _Mapping]]] = ..., excluded_by_rules: _Optional[bool] = ...) -> None: ...
+
+class ContentRule(_message.Message):
+    __slots__ = ("feature", "threshold", "value", "fires", "rule_index")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    FIRES_FIELD_NUMBER: _ClassVar[int]
+    RULE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    threshold: float
+    value: float
+    fires: bool
+    rule_index: int
+    def __init__(self, feature: _Optional[str] = ..., threshold: _Optional[float] = ..., value: _Optional[float] = ..., fires: _Optional[bool] = ..., rule_index: _Optional[int] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("version",)

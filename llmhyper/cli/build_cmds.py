@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmhyper.cli.common import GENERATOR_HELP, load_rules_arg
 from llmhyper.cli.registry import CLIError, RuntimeFailure, command
 
 
@@ -24,8 +25,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
                    help="dataset directory in the documented layout, 'synthetic[:SEED]' or 'movielens-100k[:PATH]' "
                         "(overrides the config)")
-    p.add_argument("--generator", choices=["knn", "knn-raw", "gemini", "openai"], default=None,
-                   help="weight generator (default: config, else knn, the deterministic non-LLM generator)")
+    p.add_argument("--generator", default=None,
+                   help=f"weight generator: {GENERATOR_HELP} (default: the config's, else knn-content)")
     p.add_argument("--model", default=None, help="LLM model name (gemini / openai generators)")
     p.add_argument("--base-url", default=None, help="LLM endpoint base URL (OpenAI-compatible server, or a Gemini proxy)")
     p.add_argument("--embedder", default=None, help="'minilm' or 'openclip:MODEL[:PRETRAINED_TAG_OR_CHECKPOINT]'")
@@ -36,6 +37,9 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, help="LMDB weight store to publish into (created if missing)")
     p.add_argument("--out", default=None, help="also write the weights file (.npz) and user table (<out>.users.npz)")
     p.add_argument("--no-publish", action="store_true", help="build and write --out only; publish nothing")
+    p.add_argument("--rules", default=None,
+                   help="content rules file stored with the published version (CSV or .json of ad_id, feature, "
+                        "threshold); checked against the built ads before anything is published")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the run report as JSON")
 
@@ -62,17 +66,21 @@ def _config_from_args(args: argparse.Namespace):
         raise CLIError(str(e)) from None
 
 
-def publish_result(result, store_path: str) -> str:
-    """Publish a BuildResult's weights and its user table in one transaction; returns the new version id."""
+def publish_result(result, store_path: str, rules_path: str | None = None) -> str:
+    """Publish a BuildResult's weights, its user table and (optionally) the content rules of
+    ``rules_path`` in one transaction; returns the new version id."""
     from llmhyper.store.weight_store import StoreError, WeightStore
 
+    art = result.artifact
+    rules = load_rules_arg(rules_path, art.ad_ids, [n for n, _ in art.features])
     store = WeightStore(store_path, readonly=False)
     try:
         try:
             art = result.artifact
             users = result.users
             version = store.publish(art.ad_ids, art.theta, art.features, manifest=art.manifest,
-                                    ad_records=art.ad_records, users=(users.user_ids, users.X, users.features))
+                                    ad_records=art.ad_records, users=(users.user_ids, users.X, users.features),
+                                    rules=rules)
         except ValueError as e:
             raise CLIError(f"publish failed, nothing written: {e}") from None
         except StoreError as e:
@@ -88,6 +96,18 @@ def _build(args: argparse.Namespace) -> int:
         raise CLIError("give --store PATH to publish into, or --no-publish (with --out) to only build")
     if args.no_publish and not args.out:
         raise CLIError("--no-publish needs --out FILE, or the build result would be thrown away")
+    if args.rules:
+        if args.no_publish:
+            raise CLIError("--rules are stored with a published version; with --no-publish, publish the --out "
+                           "file later with `llmhyper publish --rules`")
+        if not Path(args.rules).is_file():
+            raise CLIError(f"--rules: file not found: {args.rules}")
+        from llmhyper.store.rules_file import RulesFileError, read_rules_file
+
+        try:  # a malformed file fails now, not after a long build
+            read_rules_file(args.rules)
+        except RulesFileError as e:
+            raise CLIError(f"invalid rules file {args.rules}: {e}") from None
     cfg = _config_from_args(args)
     from offline.errors import InputError
     from offline.pipeline import BuildError, build
@@ -103,7 +123,7 @@ def _build(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         result.artifact.save(out)
         result.users.save(out.with_suffix(".users.npz"))
-    version = None if args.no_publish else publish_result(result, args.store)
+    version = None if args.no_publish else publish_result(result, args.store, args.rules)
     report = {"version": version, **result.report}
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -171,13 +191,13 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"demo: synthetic world with {world.n_ads} ads, {world.n_users} users, "
           f"{len(world.features)} features written to {data_dir}", flush=True)
     cfg = BuildConfig(dataset=str(data_dir), embedder=args.embedder, work_dir=str(root / "work"),
-                      generator="knn", seed=args.seed)
+                      generator="knn-content", seed=args.seed)
     result = build(cfg, quiet=False)
     version = publish_result(result, str(root / "store"))
     art = result.artifact
 
     # How good are the cold-start weights? Compare with the ground truth the world was drawn from.
-    from offline.evaluation.metrics import auc
+    from offline.metrics import auc
 
     ds_ids = {a.ad_id: i for i, a in enumerate(world.ads)}
     rows = np.array([ds_ids[a] for a in art.ad_ids])

@@ -135,3 +135,22 @@ def parse_ids(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
+
+
+# The generator names, for --help only: the CLI must not import offline code to build its parser.
+# offline.generators.registry is the source of truth; tests/cli/test_cli.py checks this copy.
+GENERATOR_HELP = "knn-content (default; alias knn), knn-raw, gemini, openai"
+
+
+def load_rules_arg(path: str | None, ad_ids: Sequence[str], feature_names: Sequence[str]):
+    """``--rules FILE`` checked against a version's ads and features: ContentRules, or None
+    without a path. A malformed file or a rule naming an unknown ad / feature or a non-finite
+    threshold is a CLIError (exit 2) naming the file and line."""
+    if not path:
+        return None
+    from llmhyper.store.rules_file import RulesFileError, load_rules_file
+
+    try:
+        return load_rules_file(path, ad_ids, feature_names)
+    except RulesFileError as e:
+        raise CLIError(f"invalid rules file {path}: {e}") from None

@@ -59,7 +59,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
                    help="extra generator option (repeatable), e.g. --option batch_size=8")
     p.add_argument("--default-option", action="append", default=[], metavar="KEY=JSON",
-                   help="option of the default generator (repeatable), e.g. --default-option stack_meta='\"year\"'"
+                   help="option of the default generator (repeatable), e.g. --default-option stack_frac=0.1"
                         " to score a variant of it through the same harness")
     p.add_argument("--latency-users", type=int, default=200,
                    help="held-out users sent as gRPC Rank calls per method (0 = skip)")
@@ -71,6 +71,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: run the evaluation and write the report; exit 0, 2 on bad input, 1 on failure."""
+    from llmhyper.evaluation import StoreServing
     from offline.evaluation.protocol import BASE_METHODS, EvalConfig, evaluate
 
     def bad(msg: str) -> int:
@@ -108,13 +109,12 @@ def run(args: argparse.Namespace) -> int:
                          default_options=default_opts,
                          latency_users=args.latency_users, work_dir=args.work_dir, out_dir=args.out,
                          quiet=args.quiet)
-        cfg.validate()
         if args.generator == "openai" and not args.base_url:
             return bad("--generator openai needs --base-url")
     except ValueError as e:
         return bad(str(e))
     try:
-        result = evaluate(cfg)
+        result = evaluate(cfg, serving=StoreServing(cfg.work_dir))
     except FileNotFoundError as e:
         return bad(f"dataset not found: {e}")
     except ValueError as e:

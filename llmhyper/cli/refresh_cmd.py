@@ -4,7 +4,8 @@ The prior of every ad is the generated version it descends from (a refreshed ver
 it as the ``prior`` array and names it in ``manifest.refresh.prior_version``), so a refresh
 always fits ALL logs since launch against the generated weights: refreshing twice with the
 same logs gives the same weights, and nothing is counted twice. The new version carries
-``sigma`` (posterior std, float32 [M, F]) and ``prior`` arrays and per-ad provenance under
+``sigma`` (posterior std, float32 [M, F], the spread Thompson exploration samples from) and a
+``prior`` array and per-ad provenance under
 each record's ``refresh`` key (clicks and impressions seen, prior vs data weight, spread).
 Under implicit negatives, a version whose manifest has ``click_delay_quantiles`` (seconds after
 launch, measured on retired ads) weighs each non-click by the share of clicks that have
@@ -130,7 +131,7 @@ def refresh_store(store: Any, logs: Any, X: Any, *, policy: str = "prior", min_c
 
     try:
         version = store.publish(list(view.ad_ids), res.theta, [list(f) for f in view.features], manifest=manifest,
-                                ad_records=records, arrays={"sigma": res.sigma, "prior": b["mu"]})
+                                ad_records=records, sigma=res.sigma, arrays={"prior": b["mu"]})
     except InvalidWeights as e:
         raise CLIError(f"refresh produced weights the store refuses, nothing published: {e}") from None
     except PublishError as e:

@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any
 
+from llmhyper.cli.common import GENERATOR_HELP
 from llmhyper.cli.registry import CLIError, RuntimeFailure, command
 
 KINDS = ("enhanced", "diminished", "neutralized")
@@ -25,8 +26,8 @@ def _kinds(text: str) -> tuple[str, ...]:
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="movielens-100k",
                    help="dataset layout directory, movielens-100k[:PATH] or synthetic[:SEED] (default movielens-100k)")
-    p.add_argument("--generator", choices=("knn", "knn-raw", "gemini", "openai"), default="knn",
-                   help="weight generator under test (default knn, the offline default)")
+    p.add_argument("--generator", default="knn-content",
+                   help=f"weight generator under test: {GENERATOR_HELP} (default knn-content)")
     p.add_argument("--rewriter", choices=("rules", "gemini", "openai"), default="rules",
                    help="who rewrites the ads: deterministic genre rules (default) or an LLM backend")
     p.add_argument("--model", default=None, help="LLM model name (LLM generator and/or rewriter)")
@@ -46,7 +47,7 @@ def _robustness(args: argparse.Namespace) -> int:
         raise CLIError(f"--limit must be >= 1, got {args.limit}")
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
-    uses_llm = args.generator in ("gemini", "openai") or args.rewriter in ("gemini", "openai")
+    uses_llm = args.generator in ("gemini", "openai") or args.rewriter in ("gemini", "openai")  # LLM backends
     if (args.model or args.base_url) and not uses_llm:
         raise CLIError("--model / --base-url apply to an LLM generator or rewriter; neither is used here")
     for role, kind in (("--generator", args.generator), ("--rewriter", args.rewriter)):
@@ -59,15 +60,16 @@ def _robustness(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {args.out} exists and is not a directory")
     from offline.evaluation import counterfactual as cf
     from offline import pipeline
+    from offline.generators import registry
+    from offline.llm import make_backend
 
     backend_opts: dict[str, Any] = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
     try:  # everything that can reject the arguments, before any training or caching
         cfg = pipeline.BuildConfig(dataset=args.dataset, generator=args.generator, k=args.k, work_dir=args.work_dir,
-                                   generator_options=dict(backend_opts) if args.generator in ("gemini", "openai") else {})
-        cfg.validate()
+                                   generator_options=dict(backend_opts) if registry.spec(args.generator).uses_llm else {})
         gen = pipeline.make_generator(cfg)
         rewriter: Any = (cf.GenreRewriter() if args.rewriter == "rules" else
-                         cf.LLMRewriter(pipeline.make_backend(args.rewriter, backend_opts),
+                         cf.LLMRewriter(make_backend(args.rewriter, backend_opts),
                                         cache_dir=Path(args.work_dir) / "llm-cache"))
         ds = pipeline.load_source(cfg.dataset)
     except FileNotFoundError as e:

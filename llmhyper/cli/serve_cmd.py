@@ -32,6 +32,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="accepted bearer token (repeatable; default: $LLMHYPER_TOKEN if set, else no token check)")
     p.add_argument("--token-file", default=None, help="file with one accepted bearer token per line")
     p.add_argument("--auth-health", action="store_true", help="require the token for health checks too")
+    p.add_argument("--explore", action="store_true",
+                   help="rank by a Thompson sample when a request leaves `explore` unset (versions need sigma)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -64,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_top_k=args.max_top_k, poll_interval_s=args.poll_interval, grace_s=args.grace, drain_s=args.drain,
         reflection=args.reflection, debug_handler_delay_s=args.debug_handler_delay,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, tokens=tuple(tokens),
-        auth_health=args.auth_health,
+        auth_health=args.auth_health, explore_default=args.explore,
     )
     try:
         ServerConfig.from_options(**options)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from llmhyper.cli.common import (
     add_json,
+    load_rules_arg,
     open_store,
     print_json,
     table,
@@ -106,12 +107,17 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="weights file (.npz written by offline.data.artifact.WeightArtifact.save)")
     p.add_argument("--store", required=True, help="path of the LMDB weight store (created if missing)")
     p.add_argument("--users", default=None, help="user table (.npz written by offline.data.artifact.UserTable.save)")
+    p.add_argument("--rules", default=None,
+                   help="content rules file (CSV or .json of ad_id, feature, threshold; see llmhyper.store.rules_file)")
+    p.add_argument("--sigma", default=None,
+                   help="posterior spread for exploration: .npy float32 [M, F] (>= 0), row order of the weights")
     add_json(p)
 
 
 @command("publish", "publish a weights file (and optionally a user table) as a new store version", _publish_args)
 def _publish(args: argparse.Namespace) -> int:
-    for what, path in (("weights file", args.weights), ("--users", args.users)):
+    for what, path in (("weights file", args.weights), ("--users", args.users), ("--rules", args.rules),
+                       ("--sigma", args.sigma)):
         if path and not Path(path).is_file():
             raise CLIError(f"{what} not found: {path}")
     from offline.data.artifact import UserTable, WeightArtifact  # offline code only inside this subcommand
@@ -131,6 +137,15 @@ def _publish(args: argparse.Namespace) -> int:
         if w_names != u_names:
             raise CLIError(f"user table features ({len(u_names)}) do not match the weights' features ({len(w_names)}); "
                            f"first difference: {next((a, b) for a, b in zip(w_names + [None], u_names + [None]) if a != b)}")
+    rules = load_rules_arg(args.rules, art.ad_ids, [n for n, _ in art.features])
+    sigma = None
+    if args.sigma:
+        import numpy as np
+
+        try:
+            sigma = np.load(args.sigma, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CLIError(f"--sigma: cannot read {args.sigma} as .npy: {e}") from None
     from llmhyper.store.weight_store import StoreError
 
     store = open_store(args.store, readonly=False)
@@ -138,7 +153,8 @@ def _publish(args: argparse.Namespace) -> int:
         try:
             # One transaction: weights, user table and the current pointer change together or not at all.
             version = store.publish(art.ad_ids, art.theta, art.features, manifest=art.manifest, ad_records=art.ad_records,
-                                    users=None if users is None else (users.user_ids, users.X, users.features))
+                                    users=None if users is None else (users.user_ids, users.X, users.features),
+                                    rules=rules, sigma=sigma)
         except ValueError as e:  # invalid data (store_validate.InvalidWeights is a ValueError)
             raise CLIError(f"publish failed, nothing written: {e}") from None
         except StoreError as e:  # map full, I/O: not the caller's input
@@ -147,9 +163,16 @@ def _publish(args: argparse.Namespace) -> int:
         store.close()
     M, F = art.theta.shape
     if args.json:
-        print_json({"version": version, "n_ads": M, "n_features": F, "n_users": len(users.user_ids) if users else None})
+        out = {"version": version, "n_ads": M, "n_features": F, "n_users": len(users.user_ids) if users else None}
+        if rules is not None:
+            out["n_rules"] = rules.n_rules
+        if sigma is not None:
+            out["sigma"] = True
+        print_json(out)
     else:
-        print(f"published {version}: {M} ads x {F} features" + (f", {len(users.user_ids)} users" if users else ""))
+        print(f"published {version}: {M} ads x {F} features" + (f", {len(users.user_ids)} users" if users else "")
+              + (f", {rules.n_rules} content rules" if rules is not None else "")
+              + (", posterior spread" if sigma is not None else ""))
     return 0
 
 

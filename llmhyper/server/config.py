@@ -34,6 +34,8 @@ class ServerConfig:
         background_warmup: compile the kernels in a background thread after the port is
             open (health says NOT_SERVING meanwhile and ranking RPCs get UNAVAILABLE);
             False compiles them before ``create_server`` returns.
+        explore_default: rank by a Thompson sample when a request leaves ``explore`` unset
+            (needs versions published with posterior spread; others answer INVALID_ARGUMENT).
         debug_handler_delay_s: TEST HOOK ONLY. Seconds every ranking handler sleeps before
             its deadline check and kernel call. 0 in production.
     """
@@ -55,6 +57,7 @@ class ServerConfig:
     drain_s: float = 0.0
     pinned_versions_cached: int = 8
     background_warmup: bool = False
+    explore_default: bool = False
     debug_handler_delay_s: float = 0.0
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ import collections
 import functools
 import json
 import logging
+import secrets
 import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -100,12 +101,14 @@ class ServingState:
         ad_ids: tuple of M ad ids in row order; ad_index: ad id -> row.
         feature_names: tuple of F names; feature_index: name -> column.
         map_default: float32 [F] starting vector for name->value requests (bias 1, rest 0).
+        rules: the version's content rules (scoring.rules.ContentRules), checked once here, or None.
+        sigma: float32 [M, F] posterior spread for Thompson exploration, or None.
     """
 
     __slots__ = (
         "view", "version", "theta", "M", "F", "ad_ids", "ad_index", "feature_names",
         "feature_index", "features", "map_default", "pb_features", "_users_checked",
-        "manifest_json", "created_at",
+        "manifest_json", "created_at", "rules", "sigma",
     )
 
     def __init__(self, view: Any) -> None:
@@ -131,6 +134,36 @@ class ServingState:
         self.manifest_json = json.dumps(view.manifest, sort_keys=True, default=str)
         self.created_at = float(getattr(view, "created_at", 0.0) or 0.0)
         self._users_checked: tuple[Any, str | None] | None = None
+        rules = getattr(view, "rules", None)
+        if rules is not None:
+            try:
+                scoring.check_rules(rules, self.M, self.F)
+            except ValueError as e:
+                raise StoreError(f"version {self.version}: stored content rules are invalid: {e}") from None
+        self.rules = rules
+        sigma = getattr(view, "sigma", None)
+        if sigma is not None and not (isinstance(sigma, np.ndarray) and sigma.dtype == _F32
+                                      and sigma.shape == theta.shape and sigma.flags.c_contiguous):
+            raise StoreError(f"version {self.version}: stored sigma must be C-contiguous float32 {theta.shape}")
+        self.sigma: np.ndarray | None = sigma
+
+    def exploration(self, request: Any, default: bool) -> tuple[bool, int]:
+        """(explore?, seed) for a Rank/RankBatch request: its ``explore`` field, else the
+        server default; the request's seed, else a random one. INVALID_ARGUMENT when
+        exploring a version that has no stored posterior spread."""
+        explore = request.explore if request.HasField("explore") else default
+        if not explore:
+            return False, 0
+        if self.sigma is None:
+            raise _invalid(f"version {self.version} has no posterior spread (sigma) to sample from; "
+                           "publish it with sigma, or send explore=false")
+        seed = request.seed if request.HasField("seed") else secrets.randbits(64)
+        return True, int(seed)
+
+    def rules_for(self, request: Any) -> tuple[Any, bool]:
+        """(rules to apply or None, whether the request applies the version's rules)."""
+        apply = not request.HasField("apply_content_rules") or request.apply_content_rules
+        return (self.rules if apply else None), bool(apply)
 
     def users_problem(self, user_features: Sequence[tuple[str, str]] | None) -> str | None:
         """None when a user table with this schema can be scored by this version (or there is
@@ -436,11 +469,16 @@ class RankerServicer(pb_grpc.RankerServicer):
                                   request.features, request.feature_map)
         k = self._check_k(request.top_k)
         mask = self._allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
-        resp = pb.RankResponse(version=st.version)
+        rules, applied = st.rules_for(request)
+        explore, seed = st.exploration(request, self._config.explore_default)
+        resp = pb.RankResponse(version=st.version, content_rules_applied=applied, explored=explore, seed=seed)
         if mask is not None and not mask.any():
             return resp  # every ad filtered out: nothing to rank
         self._before_kernel(context)
-        idx, logit, prob = scoring.topk_one(st.theta, x, k, mask)
+        if explore:  # ranked by the sample; the returned logit/ctr are the mean ones
+            idx, logit, prob, _ = scoring.topk_one_thompson(st.theta, st.sigma, x, k, seed, mask, rules)
+        else:
+            idx, logit, prob = scoring.topk_one(st.theta, x, k, mask, rules)
         self._count_kernel()
         ad_ids = st.ad_ids
         ads = resp.ads
@@ -493,13 +531,19 @@ class RankerServicer(pb_grpc.RankerServicer):
         else:
             X = X_inline
         mask = self._allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
-        resp = pb.RankBatchResponse(version=st.version, num_users=B)
+        rules, applied = st.rules_for(request)
+        explore, seed = st.exploration(request, self._config.explore_default)
+        resp = pb.RankBatchResponse(version=st.version, num_users=B, content_rules_applied=applied,
+                                    explored=explore, seed=seed)
         if not request.skip_ad_ids:
             resp.ad_ids.extend(st.ad_ids)
         if mask is not None and not mask.any():
             return resp  # k = 0, empty arrays
         self._before_kernel(context)
-        idx, logit, prob = scoring.topk_batch(st.theta, X, k, mask)
+        if explore:
+            idx, logit, prob, _ = scoring.topk_batch_thompson(st.theta, st.sigma, X, k, seed, mask, rules)
+        else:
+            idx, logit, prob = scoring.topk_batch(st.theta, X, k, mask, rules)
         self._count_kernel()
         resp.k = int(idx.shape[1])
         resp.ad_indices = idx.astype(_LE_I32).tobytes()
@@ -541,6 +585,12 @@ class RankerServicer(pb_grpc.RankerServicer):
             rest = {k: v for k, v in record.items() if k != "rationale"}
             if rest:
                 resp.provenance_json = json.dumps(rest, sort_keys=True, default=str)
+        if st.rules is not None:  # the ad's few rules, tested exactly as the kernels do
+            for r, f, t in st.rules.of_ad(i):
+                fires = bool(x[f] > np.float32(t))
+                resp.content_rules.add(feature=st.feature_names[f], threshold=t, value=xs[f], fires=fires,
+                                       rule_index=r)
+                resp.excluded_by_rules |= fires
         return resp
 
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:

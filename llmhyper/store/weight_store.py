@@ -12,9 +12,12 @@ versions   version id (``v000007``)                JSON header: seq, created_at,
 matrices   version id                              theta, float32 little-endian [M, F]
                                                    row-major (zero-padded to >= 1 page so it
                                                    lives on overflow pages: 16-byte aligned)
-           version id + ``\\0`` + array name          optional per-version float32 [M, F] arrays
-                                                   (e.g. ``sigma``, ``prior``), listed in the
-                                                   header's ``arrays``
+           version id + ``\\0rules`` / ``\\0sigma``     optional content rules (CSR int32/float32)
+                                                   and posterior spread float32 [M, F]
+                                                   (see ``extras.py``; older versions have none)
+           version id + ``\\0`` + array name          further optional float32 [M, F] arrays
+                                                   (e.g. ``prior``), listed in the header's
+                                                   ``arrays`` (``publish(arrays=...)``)
 ad_ids     version id                              JSON list of ad ids in row order
 records    version id + ``\\0`` + ad id             JSON per-ad provenance / rationale
 users      user id                                 float32 [F_user] vector
@@ -59,6 +62,14 @@ from typing import Any, TypeVar
 import lmdb
 import numpy as np
 
+from llmhyper.store.extras import (
+    RULES_SUFFIX,
+    SIGMA_SUFFIX,
+    check_rules_input,
+    check_sigma,
+    decode_rules,
+    encode_rules,
+)
 from llmhyper.store.validate import (
     InvalidWeights,
     PublishError,
@@ -97,6 +108,16 @@ def _vid(seq: int) -> str:
     return f"v{seq:06d}"
 
 
+def _paged(mat: np.ndarray, psize: int) -> Any:
+    """The bytes of a float32 matrix, zero-padded to >= one page so LMDB puts the value on
+    overflow pages (page aligned, hence 16-byte aligned for zero-copy float32 views)."""
+    if mat.nbytes >= psize:
+        return memoryview(mat).cast("B")
+    pad = np.zeros(psize, dtype=np.uint8)
+    pad[: mat.nbytes] = np.frombuffer(mat.tobytes(), dtype=np.uint8)
+    return pad
+
+
 @dataclass(frozen=True, eq=False)
 class VersionView:
     """One immutable published weight version.
@@ -113,6 +134,10 @@ class VersionView:
     features: tuple[tuple[str, str], ...]
     manifest: dict
     created_at: float
+    #: content rules (scoring.rules.ContentRules) stored with the version, or None
+    rules: Any = None
+    #: posterior spread float32 [M, F] (read-only, zero-copy like theta), or None
+    sigma: np.ndarray | None = None
 
     @property
     def n_ads(self) -> int:
@@ -133,14 +158,21 @@ class VersionView:
 class _Pin:
     """A cached view plus the read transaction that keeps its pages alive."""
 
-    __slots__ = ("view", "txn", "anchor")
+    __slots__ = ("view", "txn", "anchor", "anchor2")
 
-    def __init__(self, view: VersionView, txn: lmdb.Transaction, anchor: np.ndarray) -> None:
+    def __init__(self, view: VersionView, txn: lmdb.Transaction, anchor: np.ndarray,
+                 anchor2: np.ndarray | None = None) -> None:
         self.view: VersionView | None = view
         self.txn = txn
         # Every array derived from theta keeps this 1-D frombuffer array alive (numpy's base
         # chain stops at it), so its death means no one can read the pinned pages any more.
         self.anchor = weakref.ref(anchor)
+        # the sigma matrix is mapped from the same snapshot: its arrays pin it too
+        self.anchor2 = None if anchor2 is None else weakref.ref(anchor2)
+
+    def dead(self) -> bool:
+        """True once no array derived from this version's mapped pages is alive."""
+        return self.anchor() is None and (self.anchor2 is None or self.anchor2() is None)
 
 
 class _Env:
@@ -332,7 +364,7 @@ class _Env:
         with self.cache_lock:
             alive = []
             for pin in self.retired:
-                if pin.anchor() is None:
+                if pin.dead():
                     pin.txn.abort()
                 else:
                     alive.append(pin)
@@ -355,18 +387,18 @@ class _Env:
                 return hit.view
             txn = self.begin_read(buffers=True)
             try:
-                view, anchor = self._load(txn, version)
+                view, anchor, anchor2 = self._load(txn, version)
             except BaseException:
                 txn.abort()
                 raise
-            self.cache[version] = _Pin(view, txn, anchor)
+            self.cache[version] = _Pin(view, txn, anchor, anchor2)
             while len(self.cache) > self.views_cached:
                 old = next(iter(self.cache))
                 self.retire(old)
             self.collect()
             return view
 
-    def _load(self, txn: lmdb.Transaction, version: str) -> tuple[VersionView, np.ndarray]:
+    def _load(self, txn: lmdb.Transaction, version: str) -> tuple[VersionView, np.ndarray, np.ndarray | None]:
         key = version.encode()
         hdr_b = txn.get(key, db=self.dbs["versions"])
         if hdr_b is None:
@@ -385,6 +417,25 @@ class _Env:
         flat.flags.writeable = False
         theta = flat.reshape(M, F)
         ids = tuple(json.loads(bytes(ids_b)))
+        rules, sigma, sflat = None, None, None
+        n_rules = int(hdr.get("n_rules", 0) or 0)
+        if hdr.get("has_rules"):
+            rb = txn.get(key + RULES_SUFFIX, db=self.dbs["matrices"])
+            if rb is None:
+                raise StoreError(f"weight version {version!r} in {self.path!r} is incomplete (rules missing)")
+            try:
+                rules = decode_rules(rb, M, n_rules)
+            except ValueError as e:
+                raise StoreError(f"weight version {version!r} in {self.path!r}: {e}") from None
+        if hdr.get("has_sigma"):
+            sb = txn.get(key + SIGMA_SUFFIX, db=self.dbs["matrices"])
+            if sb is None or len(sb) < M * F * 4:
+                raise StoreError(f"weight version {version!r} in {self.path!r} is incomplete (sigma missing)")
+            sflat = np.frombuffer(sb, dtype=_DTYPE, count=M * F)
+            if sflat.ctypes.data % _DTYPE.alignment:
+                sflat = sflat.copy()
+            sflat.flags.writeable = False
+            sigma = sflat.reshape(M, F)
         view = VersionView(
             version=version,
             theta=theta,
@@ -393,8 +444,10 @@ class _Env:
             features=tuple((str(n), str(d)) for n, d in hdr["features"]),
             manifest=hdr["manifest"],
             created_at=float(hdr["created_at"]),
+            rules=rules,
+            sigma=sigma,
         )
-        return view, flat
+        return view, flat, sflat
 
     def close(self) -> None:
         with self.write_lock, self.cache_lock:
@@ -513,6 +566,7 @@ class WeightStore:
                 manifest: Mapping[str, Any] | None = None,
                 ad_records: Mapping[str, Mapping[str, Any]] | None = None,
                 users: tuple[Sequence[str], Any, Sequence[Any]] | None = None,
+                rules: Any = None, sigma: Any = None,
                 arrays: Mapping[str, Any] | None = None) -> str:
         """Publish a new version and make it current, atomically.
 
@@ -526,9 +580,14 @@ class WeightStore:
             users: optional ``(user_ids, X, features)`` replacing the user table in the SAME
                 transaction (see :meth:`put_users`), so readers never see the new weights
                 with the old user table or the reverse.
-            arrays: optional extra per-version arrays by name (identifier-like names), each
-                float32-castable [M, F] and finite, e.g. ``sigma`` (posterior std per ad and
-                feature) or ``prior`` (prior mean). Read back with :meth:`version_array`.
+            rules: optional content rules, a list of ``(ad_id, feature name or index,
+                threshold)`` or a ``scoring.rules.ContentRules`` (see ``extras.check_rules_input``);
+                served as a mask: ad hidden from users whose feature exceeds threshold.
+            sigma: optional posterior spread, float32-castable [M, F], finite, >= 0 (used by
+                Thompson-sample exploration).
+            arrays: optional further per-version arrays by name (identifiers other than
+                ``rules`` / ``sigma``), each float32-castable [M, F] and finite, e.g. ``prior``
+                (the prior mean of a refreshed version). Read back with :meth:`version_array`.
         Returns:
             The new version id (``v`` + 6-digit publish sequence number).
         Raises:
@@ -542,10 +601,13 @@ class WeightStore:
         now = time.time()
         man = check_manifest(manifest, now)
         recs = check_records(ad_records, ids)
+        crules = None if rules is None else check_rules_input(rules, ids, [n for n, _ in feats])
+        sig = None if sigma is None else check_sigma(sigma, len(ids), len(feats))
         extra = {}
         for name, arr in (arrays or {}).items():
-            if not isinstance(name, str) or not name.isidentifier():
-                raise InvalidWeights(f"arrays: name must be an identifier like 'sigma', got {name!r}")
+            if not isinstance(name, str) or not name.isidentifier() or name in ("rules", "sigma"):
+                raise InvalidWeights(f"arrays: name must be an identifier other than 'rules' / 'sigma' "
+                                     f"(pass sigma=...), got {name!r}")
             extra[name] = check_matrix(arr, f"arrays[{name!r}]", len(ids), len(feats))
         header_extra = {"features": [list(f) for f in feats], "manifest": man,
                         "created_at": float(man["created_at"]), "n_ads": mat.shape[0],
@@ -553,6 +615,10 @@ class WeightStore:
                         "format": FORMAT_VERSION}
         if extra:
             header_extra["arrays"] = sorted(extra)
+        if crules is not None:
+            header_extra.update(has_rules=True, n_rules=crules.n_rules)
+        if sig is not None:
+            header_extra["has_sigma"] = True
         to_json(header_extra, "version header")
         ids_json = to_json(ids, "ad_ids")
         dbs = e.dbs
@@ -563,13 +629,12 @@ class WeightStore:
             version = _vid(seq)
             key = version.encode()
             psize = e.env.stat()["psize"]
-            data: Any = memoryview(mat).cast("B")
-            if mat.nbytes < psize:  # pad so the value goes on overflow pages (page aligned)
-                pad = np.zeros(psize, dtype=np.uint8)
-                pad[: mat.nbytes] = np.frombuffer(mat.tobytes(), dtype=np.uint8)
-                data = pad
             hdr = dict(header_extra, version=version, seq=seq)
-            txn.put(key, data, db=dbs["matrices"])
+            txn.put(key, _paged(mat, psize), db=dbs["matrices"])
+            if crules is not None:
+                txn.put(key + RULES_SUFFIX, encode_rules(crules), db=dbs["matrices"])
+            if sig is not None:
+                txn.put(key + SIGMA_SUFFIX, _paged(sig, psize), db=dbs["matrices"])
             txn.put(key, ids_json, db=dbs["ad_ids"])
             txn.put(key, to_json(hdr, "version header"), db=dbs["versions"])
             for name, arr in extra.items():
@@ -582,8 +647,8 @@ class WeightStore:
             txn.put(b"current", key, db=dbs["meta"])
             return version
 
-        hint = (mat.nbytes + len(ids_json) + sum(len(r) + 64 for r in recs.values()) + 8192 + users_hint
-                + sum(a.nbytes + 64 for a in extra.values()))
+        hint = (2 * mat.nbytes + 8 * (0 if crules is None else crules.n_rules) + len(ids_json)
+                + sum(len(r) + 64 for r in recs.values()) + 8192 + users_hint + sum(a.nbytes + 64 for a in extra.values()))
         return e.write(write, hint)
 
     def current_version(self) -> str | None:
@@ -717,6 +782,8 @@ class WeightStore:
                     txn.delete(key + b"\x00" + name.encode(), db=dbs["matrices"])
                 for name in ("versions", "matrices", "ad_ids"):
                     txn.delete(key, db=dbs[name])
+                for suffix in (RULES_SUFFIX, SIGMA_SUFFIX):
+                    txn.delete(key + suffix, db=dbs["matrices"])
                 prefix = key + b"\x00"
                 cur_r = txn.cursor(db=dbs["records"])
                 if cur_r.set_range(prefix):
@@ -754,7 +821,8 @@ class WeightStore:
         if buf is None:
             return None
         hdr = json.loads(hdr_b)
-        out = np.frombuffer(buf, dtype=_DTYPE).reshape(int(hdr["n_ads"]), int(hdr["n_features"])).copy()
+        M, F = int(hdr["n_ads"]), int(hdr["n_features"])
+        out = np.frombuffer(buf, dtype=_DTYPE, count=M * F).reshape(M, F).copy()
         out.flags.writeable = False
         return out
 
@@ -825,6 +893,21 @@ class WeightStore:
         v = np.frombuffer(b, dtype=_DTYPE).copy()
         v.flags.writeable = False
         return v
+
+    def user_ids(self, limit: int | None = None) -> list[str]:
+        """Ids in the user table in key (byte) order, at most ``limit`` of them (None: all)."""
+        e = self._env()
+        users = e.dbs["users"]
+
+        def scan(txn: lmdb.Transaction) -> list[str]:
+            out: list[str] = []
+            for key in txn.cursor(db=users).iternext(keys=True, values=False):
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(bytes(key).decode())
+            return out
+
+        return e.read(scan)
 
     def user_matrix(self, user_ids: Sequence[str]) -> np.ndarray:
         """Features of several users, float32 [B, F_user] (a fresh C-contiguous array).

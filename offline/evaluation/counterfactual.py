@@ -43,7 +43,7 @@ from offline.llm.prompts import DESCRIPTION_CAP, FEATURE_DEF_CAP, TITLE_CAP, cle
 
 if TYPE_CHECKING:  # pragma: no cover
     from offline.data.dataset import Ad
-    from offline.pipeline import Prepared
+    from offline.stages.prepared import Prepared
 
 KINDS = ("enhanced", "diminished", "neutralized")
 REWRITE_PROMPT_VERSION = "llmhyper-rewrite-v1"
@@ -285,7 +285,7 @@ def run_study(prep: "Prepared", generator: Any, rewriter: Rewriter, embedder: An
     be studied, StudyFailed when every case failed. Returns a JSON-ready
     dict: per kind accuracy / n / mean weight change, the skipped cases with their reasons, and
     every case (ad, kind, target feature, texts, weights before and after)."""
-    from offline.generators.types import Neighbour
+    from offline.types import Neighbour
     from offline.pipeline import neighbour_lists
     from offline.stages.retrieve import NeighbourIndex
 
@@ -397,7 +397,7 @@ def write_report(result: dict[str, Any], dataset: str, out_dir: str | Path) -> l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "robustness.md", out / "robustness.json"
-    from offline.evaluation.protocol import save_json
+    from offline.evaluation.report import save_json
 
     md.write_text(markdown(result, dataset))
     save_json(result, js)  # non-finite numbers become null

@@ -4,9 +4,10 @@ One run: ``pipeline.load_source`` -> ``pipeline.prepare`` (time split, warm trai
 users, embeddings, neighbours; cached in the work dir) -> for every method its cold weights
 (``pipeline.generate_cold`` with the method's generator, ``pipeline.calibrate_cold`` where the
 method calibrates, the calibration user sample drawn from the seed's TRAINING users only) ->
-each method's weights published as a version of a real :class:`llmhyper.store.weight_store.WeightStore`
--> the held-out users scored from the store's zero-copy view with ``scoring.score_matrix`` and
-ranked with ``scoring.topk_batch`` -> metrics (offline/metrics.py). Per seed the users are split
+each method's weights published through the injected serving path (``llmhyper evaluate`` passes
+``llmhyper.evaluation.StoreServing``: a real LMDB store and a real gRPC server for latency; the
+default serves the matrix in memory, see offline/evaluation/serving.py) -> the held-out users
+scored from the served matrix with ``scoring.score_matrix`` and ranked with ``scoring.topk_batch`` -> metrics (offline/metrics.py). Per seed the users are split
 80/20 at random; LRwarm trains on the 80% for the cold ads; everything is scored on the 20%.
 
 Methods (names used in the report):
@@ -23,26 +24,25 @@ Methods (names used in the report):
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from offline.evaluation import metrics as M
+from offline import metrics as M
 from offline import pipeline
+from offline.config import StrictConfig
+from offline.evaluation.serving import InMemoryServing, ServingPath
 
 BASE_METHODS = ("lrwarm", "lrcold", "popularity", "embedding", "knn-raw", "knn-raw+cal", "default")
 COLD_BASELINES = ("lrcold", "popularity", "knn-raw")
 METRICS = ("auc", "ndcg5", "ndcg10", "per_ad_auc", "ctr_rho", "log_loss", "ece", "hr5", "cov5")
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(StrictConfig):
     """Settings of one evaluation run (JSON-serialisable; written into the report).
 
     dataset: as in BuildConfig (``movielens-100k``, ``synthetic[:SEED]``, a layout dir).
@@ -57,50 +57,38 @@ class EvalConfig:
     """
 
     dataset: str = "movielens-100k"
-    seeds: int = 10
-    test_frac: float = 0.2
-    k: int = 20
+    seeds: Annotated[int, Field(ge=1)] = 10
+    test_frac: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    k: Annotated[int, Field(ge=1)] = 20
     methods: tuple[str, ...] = BASE_METHODS
-    generator: str | None = None
-    generator_options: dict[str, Any] = field(default_factory=dict)
-    llm_shots: tuple[int, ...] = (0, 3, 5)
+    generator: Literal["gemini", "openai"] | None = None
+    generator_options: dict[str, Any] = Field(default_factory=dict)
+    llm_shots: tuple[Annotated[int, Field(ge=0)], ...] = (0, 3, 5)
     llm_captions: tuple[bool, ...] = (True, False)
-    default_options: dict[str, Any] = field(default_factory=dict)
-    user_sample: int = 2000
-    ece_bins: int = 10
-    latency_users: int = 200
+    default_options: dict[str, Any] = Field(default_factory=dict)
+    user_sample: Annotated[int, Field(ge=1)] = 2000
+    ece_bins: Annotated[int, Field(ge=1)] = 10
+    latency_users: Annotated[int, Field(ge=0)] = 200
     work_dir: str = ".llmhyper-work"
     out_dir: str = "eval-report"
     quiet: bool = False
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if not 0.0 < self.test_frac < 1.0:
-            raise ValueError(f"test_frac must be in (0, 1), got {self.test_frac}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        bad = [m for m in self.methods if m not in BASE_METHODS]
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [m for m in v if m not in BASE_METHODS]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; known: {list(BASE_METHODS)}")
-        if self.generator not in (None, "gemini", "openai"):
-            raise ValueError(f"generator must be 'gemini' or 'openai' (or None), got {self.generator!r}")
-        if any(s < 0 for s in self.llm_shots):
-            raise ValueError(f"llm_shots must be >= 0, got {self.llm_shots}")
-        if self.latency_users < 0:
-            raise ValueError(f"latency_users must be >= 0, got {self.latency_users}")
-        if self.default_options:
+        return v
+
+    @field_validator("default_options")
+    @classmethod
+    def _default_options_build(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v:
             from offline.generators.content_knn import ContentKNNGenerator
 
-            ContentKNNGenerator(**self.default_options)  # names the unknown or bad option
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["methods"] = list(self.methods)
-        d["llm_shots"] = list(self.llm_shots)
-        d["llm_captions"] = list(self.llm_captions)
-        return d
+            ContentKNNGenerator(**v)  # names the unknown or bad option
+        return v
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -175,15 +163,13 @@ def _thetas(generated: Sequence[Any], fallback: Callable[[int], np.ndarray]) -> 
 class Evaluator:
     """Runs the protocol for an :class:`EvalConfig`; ``run()`` returns the result dict."""
 
-    def __init__(self, cfg: EvalConfig, dataset: Any | None = None) -> None:
-        cfg.validate()
+    def __init__(self, cfg: EvalConfig, dataset: Any | None = None, serving: ServingPath | None = None) -> None:
         self.cfg = cfg
         self.build_cfg = pipeline.BuildConfig(dataset=cfg.dataset, k=cfg.k, work_dir=cfg.work_dir,
                                               user_sample=cfg.user_sample)
-        self.build_cfg.validate()
         self.dataset = dataset
-        self.store = None
-        self.versions: dict[str, dict[int, str]] = {}
+        self.serving: ServingPath = serving if serving is not None else InMemoryServing()
+        self.versions: dict[str, dict[int, Any]] = {}
 
     # -- stages --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -204,7 +190,7 @@ class Evaluator:
 
     def _deterministic(self) -> dict[str, np.ndarray]:
         """Seed-independent uncalibrated weights: lrcold, popularity, knn-raw."""
-        from offline.generators.content_knn import LRColdGenerator, PopularityGenerator
+        from offline.generators.baselines import LRColdGenerator, PopularityGenerator
         from offline.generators.knn import RawKNNGenerator
 
         out = {}
@@ -252,7 +238,8 @@ class Evaluator:
 
     def _seed_weights(self, seed: int, tr: np.ndarray, te: np.ndarray, fixed: dict[str, np.ndarray]) -> dict[str, MethodWeights]:
         from offline.stages import train
-        from offline.generators.content_knn import ContentKNNGenerator, embedding_scores
+        from offline.generators.baselines import embedding_scores
+        from offline.generators.content_knn import ContentKNNGenerator
 
         ds, prep, ms = self.ds, self.prep, self.cfg.methods
         out: dict[str, MethodWeights] = {}
@@ -282,24 +269,12 @@ class Evaluator:
                 out[name] = MethodWeights(th)
         return out
 
-    def _open_store(self) -> None:
-        from llmhyper.store.weight_store import WeightStore
-
-        path = Path(self.cfg.work_dir) / "eval-store"
-        if path.exists():
-            shutil.rmtree(path)
-        self.store = WeightStore(path, map_size=64 << 20)
-        self.store.put_users(list(self.ds.user_ids), np.ascontiguousarray(self.ds.X, dtype=np.float32),
-                             list(self.ds.features))
-        self.store_path = path
-
     def _publish(self, method: str, seed: int, theta: np.ndarray) -> np.ndarray:
-        """Publish ``theta`` as a store version and return the store's zero-copy view of it."""
+        """Publish ``theta`` through the serving path and return the matrix it serves."""
         cold_ids = [self.ds.ads[i].ad_id for i in self.prep.split.cold]
-        v = self.store.publish(cold_ids, theta, list(self.ds.features),
-                               manifest={"generator": method, "seed": seed, "evaluation": True})
+        v, view = self.serving.publish(method, seed, cold_ids, theta)
         self.versions.setdefault(method, {})[seed] = v
-        return self.store.view(v).theta
+        return view
 
     def _score(self, theta_view: np.ndarray, X_te: np.ndarray,
                Y_te: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
@@ -337,7 +312,8 @@ class Evaluator:
         if cfg.generator:
             fixed.update(self._llm_variants())
         self.timings["generate_s"] = time.perf_counter() - t0
-        self._open_store()
+        self.serving.open(list(self.ds.user_ids), np.ascontiguousarray(self.ds.X, dtype=np.float32),
+                          list(self.ds.features))
         per_seed: dict[str, list[dict[str, float]]] = {}
         per_ad: dict[str, list[float]] = {}
         reliab: dict[str, dict[str, np.ndarray]] = {}
@@ -374,8 +350,7 @@ class Evaluator:
             self.timings["score_s"] = time.perf_counter() - t0
             latency = self._latency() if cfg.latency_users > 0 else {}
         finally:
-            if self.store is not None:
-                self.store.close()
+            self.serving.close()
         self.timings["total_s"] = time.perf_counter() - t_start
         summary = {name: summarise(rows) for name, rows in per_seed.items()}
         for name, lat in latency.items():
@@ -394,39 +369,16 @@ class Evaluator:
             "gap_closed": gap_closed(summary),
             "llm": getattr(self, "llm_info", {}),
             "timings": self.timings,
-            "store": str(self.store_path),
+            "store": self.serving.location,
         }
 
     def _latency(self) -> dict[str, dict[str, float]]:
-        """Per-user Rank latency (ms) of each linear method's seed-0 version through a real gRPC
-        server on 127.0.0.1 over the evaluation store, ranking by user id (top 10)."""
-        from llmhyper.client import RankerClient
-        from llmhyper.server import create_server
-
+        """Per-user Rank latency (ms) of each linear method's seed-0 version, measured by the
+        serving path (by user id, top 10, held-out users of seed 0); {} in memory."""
         _, te = user_split(self.ds.n_users, self.cfg.test_frac, 0)
         uids = [self.ds.user_ids[i] for i in te][: self.cfg.latency_users]
-        out: dict[str, dict[str, float]] = {}
-        server, port = create_server("127.0.0.1:0", self.store)
-        try:
-            with RankerClient(f"127.0.0.1:{port}", timeout=10.0) as cli:
-                cli.wait_until_serving(timeout=30.0)
-                for name, by_seed in self.versions.items():
-                    v = by_seed.get(0)
-                    if v is None:
-                        continue
-                    for u in uids[:5]:  # warm the connection and the pinned version
-                        cli.rank(u, top_k=10, version=v)
-                    ts = []
-                    for u in uids:
-                        t0 = time.perf_counter()
-                        cli.rank(u, top_k=10, version=v)
-                        ts.append((time.perf_counter() - t0) * 1e3)
-                    a = np.array(ts)
-                    out[name] = {"mean": float(a.mean()), "p50": float(np.median(a)),
-                                 "p99": float(np.percentile(a, 99)), "n": int(a.size)}
-        finally:
-            server.stop(0).wait(5)
-        return out
+        seed0 = {name: by_seed[0] for name, by_seed in self.versions.items() if 0 in by_seed}
+        return self.serving.latency(seed0, uids)
 
 
 def _nanmean(v: np.ndarray) -> float:
@@ -459,28 +411,14 @@ def gap_closed(summary: dict[str, dict]) -> dict[str, float]:
     return {n: (s["auc"]["mean"] - lo) / (hi - lo) for n, s in summary.items()}
 
 
-def evaluate(cfg: EvalConfig, dataset: Any | None = None, write: bool = True) -> dict[str, Any]:
+def evaluate(cfg: EvalConfig, dataset: Any | None = None, write: bool = True,
+             serving: ServingPath | None = None) -> dict[str, Any]:
     """Run the evaluation; with ``write`` also write the Markdown, JSON and PNG reports to
-    ``cfg.out_dir`` (see offline/report.py). Returns the result dict."""
-    result = Evaluator(cfg, dataset).run()
+    ``cfg.out_dir`` (see offline/evaluation/report.py). ``serving``: where weights are published
+    and latency measured (default in memory, no latency). Returns the result dict."""
+    result = Evaluator(cfg, dataset, serving).run()
     if write:
         from offline.evaluation.report import write_reports
 
         result["files"] = write_reports(result, cfg.out_dir)
     return result
-
-
-def save_json(result: dict, path: str | Path) -> None:
-    """Write a result dict as JSON (NaN written as null)."""
-    def clean(o: Any) -> Any:
-        if isinstance(o, float):
-            return o if np.isfinite(o) else None
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if isinstance(o, np.generic):
-            return clean(o.item())
-        return o
-
-    Path(path).write_text(json.dumps(clean(result), indent=1))

@@ -7,10 +7,13 @@ diagram, seed 0) and ``metric_vs_shots.png`` (LLM variants only). Matplotlib run
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 COLUMNS = (("auc", "AUC"), ("ndcg5", "NDCG@5"), ("ndcg10", "NDCG@10"), ("per_ad_auc", "per-ad AUC"),
            ("ctr_rho", "CTR ρ"), ("log_loss", "log-loss"), ("ece", "ECE"), ("hr5", "HR@5*"), ("cov5", "Cov@5*"))
@@ -158,10 +161,24 @@ def plots(result: dict, out: Path) -> list[str]:
     return files
 
 
+def save_json(result: dict, path: str | Path) -> None:
+    """Write a result dict as JSON (NaN written as null)."""
+    def clean(o: Any) -> Any:
+        if isinstance(o, float):
+            return o if np.isfinite(o) else None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if isinstance(o, np.generic):
+            return clean(o.item())
+        return o
+
+    Path(path).write_text(json.dumps(clean(result), indent=1))
+
+
 def write_reports(result: dict[str, Any], out_dir: str | Path) -> list[str]:
     """Write results.md, results.json and the PNG plots into ``out_dir`` (created)."""
-    from offline.evaluation.protocol import save_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "results.md"

@@ -6,7 +6,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Sequence
 
-from offline.generators.types import Generated, Neighbour, WeightGenerator
+from offline.types import Generated, Neighbour, WeightGenerator
 
 if TYPE_CHECKING:  # pragma: no cover
     from offline.data.dataset import Ad

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from offline.generators.types import Generated, Neighbour, check_features, check_neighbours
+from offline.types import Generated, Neighbour, check_features, check_neighbours
 from offline.llm.prompts import scan_ad_text
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -21,7 +21,7 @@ from offline.llm.retrying import CallFailed, RetryingLLM, new_cost
 from offline.llm.cache import ad_content_hash, answer_key
 from offline.llm.parse import ParsedAnswer, parse_weights
 from offline.generators.knn import RawKNNGenerator
-from offline.generators.types import Generated, Neighbour, check_features, check_neighbours
+from offline.types import Generated, Neighbour, check_features, check_neighbours
 from offline.llm.prompts import PROMPT_VERSION, PromptConfig, build_prompt, feature_batches, scan_ad_text
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,5 +1,7 @@
 """LLM backends behind one interface (:class:`LLMBackend`) and the errors our retry policy reads."""
 
+from typing import Any, Mapping
+
 from offline.llm.base import (
     FatalLLMError,
     LLMBackend,
@@ -12,23 +14,32 @@ from offline.llm.base import (
 )
 
 
-def make_backend(kind: str, model: str, **kwargs) -> LLMBackend:
-    """Build a backend by kind: "gemini" (google-genai) or "openai" (OpenAI-compatible HTTP).
+BACKEND_KEYS = frozenset({"model", "base_url", "api_key", "temperature", "timeout_s", "max_output_tokens",
+                          "max_tokens", "api_key_env", "response_format"})
+BACKENDS = ("gemini", "openai")
 
-    kwargs go to the backend constructor (base_url, api_key, temperature, timeout_s, ...).
+
+def make_backend(kind: str, options: Mapping[str, Any]) -> LLMBackend:
+    """An LLM backend: ``kind`` "gemini" (google-genai) or "openai" (OpenAI-compatible HTTP).
+
+    ``options`` go to the backend constructor and must be among :data:`BACKEND_KEYS`
+    (model, base_url, api_key, temperature, timeout_s, ...); an unknown key or kind is a
+    ValueError that names it.
     """
+    unknown = sorted(set(options) - BACKEND_KEYS)
+    if unknown:
+        raise ValueError(f"unknown LLM backend option(s) {unknown}; known: {sorted(BACKEND_KEYS)}")
     if kind == "gemini":
         from offline.llm.gemini import GeminiBackend
 
-        return GeminiBackend(model, **kwargs)
-    if kind in ("openai", "openai_compat", "openai-compatible"):
+        return GeminiBackend(**options)
+    if kind == "openai":
         from offline.llm.openai_compat import OpenAICompatBackend
 
-        base_url = kwargs.pop("base_url", None)
-        if not base_url:
-            raise ValueError("openai backend needs base_url")
-        return OpenAICompatBackend(base_url, model, **kwargs)
-    raise ValueError(f"unknown LLM backend kind {kind!r}; expected 'gemini' or 'openai'")
+        if not options.get("base_url"):
+            raise ValueError("the openai backend needs base_url")
+        return OpenAICompatBackend(**options)
+    raise ValueError(f"LLM backend must be one of {BACKENDS}, got {kind!r}")
 
 
 __all__ = [
@@ -41,4 +52,6 @@ __all__ = [
     "classify_http_error",
     "is_daily_quota",
     "make_backend",
+    "BACKEND_KEYS",
+    "BACKENDS",
 ]

@@ -37,7 +37,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from offline.data.dataset import Ad
-    from offline.generators.types import Neighbour
+    from offline.types import Neighbour
 
 PROMPT_VERSION = "llmhyper-prompt-v1"
 

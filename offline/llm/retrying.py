@@ -4,7 +4,8 @@
 (a validated answer is stored before it is used, so a killed job resumes without repeating a
 call), bounded concurrency, capped exponential backoff with full jitter (at least the server's
 Retry-After), a shared retry budget for transient errors and rejected answers, and a job-level
-stop on a spent daily quota or an auth failure.
+stop on a spent daily quota or an auth failure. The retry loop itself is tenacity's; the wait is
+ours, because the jitter is seeded per (answer key, attempt) so a resumed job waits the same.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt
 
 from offline.llm.base import FatalLLMError, LLMBackend, QuotaExhausted, RetryableLLMError
 from offline.llm.cache import AnswerCache
@@ -103,10 +106,10 @@ class RetryingLLM:
                 return ans
             except (ParseError, KeyError, TypeError):
                 pass  # stale entry (e.g. a tighter bound now): ask again and overwrite it
-        last = "no attempt"
-        for attempt in range(self.max_retries + 1):
+        state = {"last": "no attempt"}
+
+        def attempt_once() -> Any:
             self._check_stop()
-            retry_after = None
             try:
                 with self._sem:
                     self._check_stop()
@@ -126,21 +129,31 @@ class RetryingLLM:
                 self._count(cost, f"fatal_{e.status}")
                 raise CallFailed(f"fatal LLM error: {e}") from e
             except RetryableLLMError as e:
-                last = f"transient LLM error: {e}"
-                retry_after = e.retry_after
+                state["last"] = f"transient LLM error: {e}"
                 self._count(cost, f"http_{e.status}" if e.status else "transport")
+                raise
             except ParseError as e:
-                last = f"invalid answer ({e})"
+                state["last"] = f"invalid answer ({e})"
                 cost["invalid"] += 1
                 self._count(cost, f"parse_{e.reason}")
-            else:
-                self.cache.put(key, {**meta, "text": reply.text, **(record(ans) if record else {}),
-                                     "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
-                                     "seconds": reply.seconds, "created_at": time.time()})
-                return ans
-            if attempt < self.max_retries:
-                cost["retries"] += 1
-                d = self.backoff_delay(key, attempt, retry_after)
-                cost["backoff_seconds"] += d
-                self.sleep(d)
-        raise CallFailed(f"gave up after {self.max_retries + 1} attempts; last: {last}")
+                raise
+            self.cache.put(key, {**meta, "text": reply.text, **(record(ans) if record else {}),
+                                 "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
+                                 "seconds": reply.seconds, "created_at": time.time()})
+            return ans
+
+        def wait(rs: RetryCallState) -> float:
+            exc = rs.outcome.exception() if rs.outcome is not None else None
+            return self.backoff_delay(key, rs.attempt_number - 1, getattr(exc, "retry_after", None))
+
+        def count_retry(rs: RetryCallState) -> None:  # runs only when another attempt follows
+            cost["retries"] += 1
+            cost["backoff_seconds"] += rs.upcoming_sleep
+
+        retrying = Retrying(stop=stop_after_attempt(self.max_retries + 1), wait=wait, sleep=self.sleep,
+                            retry=retry_if_exception_type((RetryableLLMError, ParseError)),
+                            before_sleep=count_retry)
+        try:
+            return retrying(attempt_once)
+        except RetryError:
+            raise CallFailed(f"gave up after {self.max_retries + 1} attempts; last: {state['last']}") from None

@@ -126,7 +126,11 @@ def train_logreg(X: np.ndarray, Y: np.ndarray, l2: float = 1.0, max_iter: int = 
     return np.ascontiguousarray(theta, dtype=np.float32)
 
 
-def _newton_one(Xa: np.ndarray, ya: np.ndarray, r: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, bool]:
+def newton_logreg(Xa: np.ndarray, ya: np.ndarray, r: np.ndarray, max_iter: int = 50,
+                  tol: float = 1e-6) -> tuple[np.ndarray, bool]:
+    """One logistic regression by damped Newton (Armijo backtracking): minimises
+    sum(softplus(X v) - y * X v) + 0.5 * sum(r * v**2). Xa f64[n, F] (column 0 = 1), ya 0/1 [n],
+    r f64[F] per-weight penalties. Returns (v f64[F], converged: largest step <= tol)."""
     F = Xa.shape[1]
     th = _init_theta(F, np.array([ya.mean() if ya.size else 0.5]))[0]
 
@@ -183,7 +187,7 @@ def train_logreg_pairs(X: np.ndarray, user: np.ndarray, col: np.ndarray, label: 
         rows = order[bounds[a]:bounds[a + 1]]
         if rows.size == 0:
             continue
-        theta[a], ok = _newton_one(Xd[user[rows]], y[rows], r, max_iter, tol)
+        theta[a], ok = newton_logreg(Xd[user[rows]], y[rows], r, max_iter, tol)
         unconverged += not ok
     if info is not None:
         info["n_unconverged"] = unconverged

@@ -36,11 +36,11 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from offline.evaluation import metrics as M
+from offline import metrics as M
 from offline.warm.logs import Logs, counts_between, delay_cdf, delay_quantiles, from_arrays
 
 DAY = 86400.0
-PROTOCOL = 8  # bump when the protocol's numbers change, so finished seeds are not resumed across it
+PROTOCOL = 9  # bump when the protocol's numbers change, so finished seeds are not resumed across it
 
 
 @dataclass
@@ -348,7 +348,7 @@ def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: str = "auto", fra
 
 
 def _save(obj: Any, path: Path) -> None:
-    from offline.evaluation.protocol import save_json
+    from offline.evaluation.report import save_json
 
     tmp = path.with_suffix(".tmp")
     save_json(obj, tmp)

@@ -87,7 +87,7 @@ def plot(result: dict, path: Path) -> str:
 
 def write_replay_reports(result: dict[str, Any], out_dir: str | Path) -> list[str]:
     """Write replay.md, replay.json and replay.png into ``out_dir`` (created)."""
-    from offline.evaluation.protocol import save_json
+    from offline.evaluation.report import save_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

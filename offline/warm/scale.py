@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from offline.evaluation import metrics as M
+from offline import metrics as M
 from offline.warm.logs import Logs, counts_between
 from offline.warm.posterior import fit_map
 
@@ -63,7 +63,7 @@ def generator_priors(prep: Any, targets: np.ndarray, k: int = 20) -> tuple[np.nd
     pseudo-cutoff), neighbours among those by content embedding. ``targets``: positions into
     ``prep.split.warm``. Raises ValueError when too few earlier ads exist to fit it."""
     from offline.generators.content_knn import ContentKNNGenerator
-    from offline.generators.types import Neighbour
+    from offline.types import Neighbour
 
     ds, sp = prep.dataset, prep.split
     lw = ds.launched_at[sp.warm]

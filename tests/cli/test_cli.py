@@ -235,8 +235,19 @@ def test_evaluate_default_option_errors_exit_2_before_any_work(tmp_path):
     out = tmp_path / "report"
     r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "nope=1", "--out", str(out))
     assert r.returncode == 2 and "unknown ContentKNNGenerator option 'nope'" in r.stderr
-    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "stack_meta", "--out", str(out))
+    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "intercept", "--out", str(out))
     assert r.returncode == 2 and "--default-option must be KEY=JSON" in r.stderr
-    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "stack_meta=genre", "--out", str(out))
-    assert r.returncode == 2 and "stack_meta must be" in r.stderr
+    r = run_cli("evaluate", "--dataset", "synthetic", "--default-option", "intercept=genre", "--out", str(out))
+    assert r.returncode == 2 and "intercept: Input should be" in r.stderr
     assert not out.exists()
+
+
+def test_generator_help_lists_exactly_the_registry():
+    """The CLI's --generator help is a copy (the parser may not import offline); it must not drift."""
+    import re
+
+    from llmhyper.cli.common import GENERATOR_HELP
+    from offline.generators import registry
+
+    named = set(re.findall(r"[a-z][a-z-]*", GENERATOR_HELP)) - {"default", "alias"}
+    assert named == set(registry.choices())

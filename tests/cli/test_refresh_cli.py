@@ -58,6 +58,7 @@ def test_refresh_publishes_a_version_with_provenance(setup, capsys):
         theta = np.array(view.theta)
         sigma, prior = st.version_array(v, "sigma"), st.version_array(v, "prior")
         assert sigma.shape == (M, F) and sigma.dtype == np.float32
+        np.testing.assert_array_equal(view.sigma, sigma)  # what Thompson serving samples from
         assert prior.tobytes() == s["gen"].tobytes()
         # ads without logs: bit for bit the generated weights, prior spread
         assert theta[8:].tobytes() == s["gen"][8:].tobytes()

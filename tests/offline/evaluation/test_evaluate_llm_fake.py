@@ -6,6 +6,7 @@ from tests.fakes.llm_server import FakeLLMServer
 
 
 def test_llm_variant_through_harness(tmp_path):
+    from llmhyper.evaluation import StoreServing
     from offline.evaluation.protocol import EvalConfig, evaluate
 
     with FakeLLMServer() as srv:
@@ -16,7 +17,7 @@ def test_llm_variant_through_harness(tmp_path):
                                             "max_concurrency": 2},
                          llm_shots=(3,), llm_captions=(True,), latency_users=5,
                          work_dir=str(tmp_path / "work"), out_dir=str(tmp_path / "out"), quiet=True)
-        result = evaluate(cfg)
+        result = evaluate(cfg, serving=StoreServing(cfg.work_dir))
         calls = sum(info["cost"].get("calls", 0) for info in result["llm"].values())
     s = result["summary"]
     name = "llm[openai,3-shot,caption]"

@@ -24,12 +24,13 @@ def work_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(work_dir, tmp_path_factory):
+    from llmhyper.evaluation import StoreServing
     from offline.evaluation.protocol import EvalConfig, evaluate
 
     out = tmp_path_factory.mktemp("report")
     cfg = EvalConfig(dataset="movielens-100k", seeds=2, work_dir=work_dir, out_dir=str(out),
                      latency_users=20, quiet=True)
-    return evaluate(cfg)
+    return evaluate(cfg, serving=StoreServing(cfg.work_dir))
 
 
 def test_default_beats_cold_baselines(result):
@@ -63,12 +64,15 @@ def test_report_files_and_latency(result):
 
 
 def test_shift_aware_selection_on_retired_ads(work_dir, result):
-    """The model-selection procedure behind the default (offline.generators.content_knn.select_config): its
+    """The model-selection procedure behind the default (offline.selection.select.select_config): its
     importance weights move the pseudo-cold retired ads toward the cold ads' content (share of
     new releases), and it prefers the default over a generator that discards the neighbours'
-    targeting (one shared user part, the neighbours' own intercept)."""
+    targeting (one neighbour's weights and its own intercept)."""
     from offline import pipeline
-    from offline.generators.content_knn import effective_size, select_config, shift_features, validation_folds
+    from offline.generators.content_knn import ContentKNNGenerator
+    from offline.selection.folds import shift_features, validation_folds
+    from offline.selection.select import select_config
+    from offline.selection.weights import effective_size
 
     ds = pipeline.load_source("movielens-100k")
     prep = pipeline.prepare(ds, pipeline.BuildConfig(dataset="movielens-100k", work_dir=work_dir), quiet=True)
@@ -80,6 +84,6 @@ def test_shift_aware_selection_on_retired_ads(work_dir, result):
         w_share = (f.weights * new_held).sum() / f.weights.sum()
         assert abs(w_share - new_cold) < abs(new_held.mean() - new_cold) - 0.1
         assert effective_size(f.weights) > 30
-    best, table = select_config(prep, {"default": {}, "shared": {"shrink": 1.0, "intercept": "neighbours"}},
-                                folds, n_draws=5)
-    assert best == "default" and table["default"]["objective"] > table["shared"]["objective"]
+    best, table = select_config(prep, {"default": {}, "one neighbour": {"k": 1, "intercept": "neighbours"}},
+                                folds, ContentKNNGenerator, n_draws=5)
+    assert best == "default" and table["default"]["objective"] > table["one neighbour"]["objective"]

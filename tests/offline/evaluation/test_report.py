@@ -3,8 +3,12 @@
 from offline.evaluation.report import markdown
 
 
+def _stat(m):
+    return {"mean": m, "std": 0.01, "min": m, "max": m, "n": 2}
+
+
 def _result(default_options):
-    stat = lambda m: {"mean": m, "std": 0.01, "min": m, "max": m, "n": 2}
+    stat = _stat
     summary = {n: {"auc": stat(a), "ndcg10": stat(0.2)} for n, a in
                (("lrcold", 0.55), ("popularity", 0.63), ("default", 0.73), ("lrwarm", 0.84))}
     return {"summary": summary, "gap_closed": {"default": (0.73 - 0.55) / (0.84 - 0.55)},
@@ -20,6 +24,6 @@ def test_default_row_and_gap():
 
 
 def test_variant_of_the_default_is_labelled_as_such():
-    md = markdown(_result({"stack_meta": "year", "stack_l2": 1}))
+    md = markdown(_result({"stack_frac": 0.1, "stack_l2": 1}))
     assert "**default: knn-content (ours)**" not in md
-    assert "knn-content VARIANT (stack_l2=1, stack_meta='year'), not the default" in md
+    assert "knn-content VARIANT (stack_frac=0.1, stack_l2=1), not the default" in md

@@ -1,4 +1,4 @@
-"""ContentKNNGenerator's content encoder and stacked intercept (offline/cold_models.py), on
+"""ContentKNNGenerator's content encoder and stacked intercept (offline/generators/content_knn.py), on
 synthetic ads whose CTR depends on a stated year and on the embedding; plus the MovieLens
 adapter's ``feature_cutoff`` used by the faithful pseudo-cold validation."""
 
@@ -10,11 +10,12 @@ from scipy.special import expit, logit
 from scipy.stats import spearmanr
 
 from offline.stages.calibrate import mean_ctr
-from offline.evaluation import metrics as M
-from offline.generators.content_knn import (ContentEncoder, ContentKNNGenerator, content_year, effective_size,
-                                  shift_weights, weighted_auc, weighted_metrics)
+from offline import metrics as M
+from offline.data.content import ContentEncoder, content_year
+from offline.generators.content_knn import ContentKNNGenerator
+from offline.selection.weights import effective_size, shift_weights, weighted_auc, weighted_metrics
 from offline.data.dataset import Ad
-from offline.generators.types import Neighbour
+from offline.types import Neighbour
 
 DAY = 86400.0
 T0 = 880_000_000.0  # unix s, late 1997
@@ -92,28 +93,19 @@ def test_stacked_intercept_uses_content_and_beats_neighbour_ctr():
     assert len(g.config()["stack_coef"]) == 3 and g.config()["stack_coef"][2] > 0
 
 
-def test_stack_meta_adds_metadata_columns_to_the_stack():
+def test_stack_content_and_ridge_options_shape_the_stack():
     world = _world()
-    ads, emb, launched, ctr, theta, X, cutoff, nw = world
-    cold = range(nw, len(ads))
-    truth = logit(ctr[nw:])
-    base = _fitted(world)
-    n_meta = base.n_meta  # 3 categories + the 4-column year block
-    assert n_meta == 7
-    preds = {}
-    for opt, n_coef in ((False, 3), ("year", 3 + 4), (True, 3 + n_meta)):
-        g = _fitted(world, stack_meta=opt, stack_l2=1.0 if opt else 0.0)
-        assert len(g.config()["stack_coef"]) == n_coef
-        preds[opt] = np.array([g.intercept_logit(ads[i], _neighbours(i, emb, ads, theta, ctr, nw)) for i in cold])
-        assert spearmanr(preds[opt], truth)[0] > 0.6
-    assert not np.allclose(preds["year"], preds[False])
-    g = _fitted(world, stack_meta="year", stack_content=False, stack_l2=1.0)
-    assert len(g.config()["stack_coef"]) == 2 + 4  # constant, nbr, year block
+    assert len(_fitted(world).config()["stack_coef"]) == 3  # constant, nbr, content
+    g = _fitted(world, stack_content=False)
+    assert len(g.config()["stack_coef"]) == 2  # constant, nbr
+    a, b = _fitted(world).config()["stack_coef"], _fitted(world, stack_l2=100.0).config()["stack_coef"]
+    assert abs(b[1]) + abs(b[2]) < abs(a[1]) + abs(a[2])  # the ridge penalty shrinks the stack
 
 
-@pytest.mark.parametrize("opts, msg", [({"stack_meta": "genre"}, "stack_meta must be"),
-                                       ({"stack_l2": -1.0}, "stack_l2 must be"),
-                                       ({"stack_l2": float("nan")}, "stack_l2 must be")])
+@pytest.mark.parametrize("opts, msg", [({"intercept": "genre"}, "intercept: Input should be 'stacked'"),
+                                       ({"shrink": 0.5}, "unknown ContentKNNGenerator option 'shrink'"),
+                                       ({"stack_l2": -1.0}, "stack_l2: Input should be greater than or equal to 0"),
+                                       ({"stack_l2": float("nan")}, "stack_l2: Input should be a finite number")])
 def test_stack_options_are_checked(opts, msg):
     with pytest.raises(ValueError, match=msg):
         ContentKNNGenerator(**opts)
@@ -131,22 +123,6 @@ def test_quantile_map_keeps_predictions_in_retired_range_and_shift_hits_target()
         assert lo_held - 1e-9 <= lo <= hi_held + 1e-9
         th = g.generate(ads[i], nbs, feats).theta
         assert mean_ctr(th, g.X_sample) == pytest.approx(expit(lo), rel=1e-3)
-
-
-def test_user_ratio_sets_user_spread_keeps_per_ad_order_and_target():
-    world = _world(seed=2)
-    ads, emb, launched, ctr, theta, X, cutoff, nw = world
-    feats = [("bias", "")] + [(f"f{j}", "") for j in range(theta.shape[1] - 1)]
-    g0, g1 = _fitted(world), _fitted(world, user_ratio=0.5)
-    for i in range(nw, nw + 10):
-        nbs = _neighbours(i, emb, ads, theta, ctr, nw)
-        t0, t1 = g0.generate(ads[i], nbs, feats).theta, g1.generate(ads[i], nbs, feats).theta
-        u0, u1 = g1.X_sample[:, 1:] @ t0[1:], g1.X_sample[:, 1:] @ t1[1:]
-        assert np.std(u1) == pytest.approx(0.5 * g1.lo_sd, rel=1e-4)
-        assert np.corrcoef(u0, u1)[0, 1] == pytest.approx(1.0, abs=1e-6)  # a positive rescaling only
-        assert mean_ctr(t1, g1.X_sample) == pytest.approx(expit(g1.intercept_logit(ads[i], nbs)), rel=1e-3)
-    with pytest.raises(ValueError, match="user_ratio"):
-        ContentKNNGenerator(user_ratio=-1.0)
 
 
 def test_weighted_auc_matches_plain_and_replicated():
@@ -208,7 +184,7 @@ def test_auto_drift_turns_drift_off_where_weights_do_not_drift(tmp_path):
     noise: the default generator's retired-only selection must switch drift off, and the result
     must then target at least as well as raw kNN on the active ads (per-ad AUC on real clicks)."""
     from offline import pipeline
-    from offline.evaluation import metrics
+    from offline import metrics
     from offline.generators.content_knn import ContentKNNGenerator
     from offline.generators.knn import RawKNNGenerator
 
@@ -253,11 +229,11 @@ def test_register_embedding_gives_a_new_ad_its_own_content_intercept():
         g.register_embedding("bad", np.full(emb.shape[1], np.nan))
 
 
-@pytest.mark.parametrize("opts, msg", [({"stack_l2": "abc"}, "'stack_l2' must be like 0.0"),
-                                       ({"k": "5"}, "'k' must be like 20"), ({"k": 2.5}, "'k' must be like 20"),
-                                       ({"drift": 1}, "'drift' must be like True"),
-                                       ({"stack_content": "yes"}, "'stack_content' must be like True"),
-                                       ({"recency_scale_days": "7"}, "'recency_scale_days'")])
+@pytest.mark.parametrize("opts, msg", [({"stack_l2": "abc"}, "stack_l2: Input should be a valid number"),
+                                       ({"k": "5"}, "k: Input should be a valid integer"), ({"k": 2.5}, "k: Input should be a valid integer"),
+                                       ({"drift": 1}, "drift: Input should be a valid boolean"),
+                                       ({"stack_content": "yes"}, "stack_content: Input should be a valid boolean"),
+                                       ({"recency_scale_days": "7"}, "recency_scale_days: Input should be a valid number")])
 def test_option_types_are_checked_with_the_option_named(opts, msg):
     with pytest.raises(ValueError, match=msg):
         ContentKNNGenerator(**opts)

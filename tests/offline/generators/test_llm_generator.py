@@ -16,7 +16,7 @@ from offline.data.dataset import Ad
 from offline.generators.job import generate_all, partition_failed
 from offline.generators.knn import RawKNNGenerator
 from offline.generators.llm import LLMGenerator
-from offline.generators.types import Generated, Neighbour
+from offline.types import Generated, Neighbour
 from offline.llm.base import FatalLLMError, QuotaExhausted
 from offline.llm.gemini import GeminiBackend
 from offline.llm.openai_compat import OpenAICompatBackend

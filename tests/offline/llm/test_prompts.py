@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from offline.data.dataset import Ad
-from offline.generators.types import Neighbour
+from offline.types import Neighbour
 from offline.llm.prompts import (
     DATA_CLOSE,
     PROMPT_VERSION,

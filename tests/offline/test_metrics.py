@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu, rankdata
 
-from offline.evaluation import metrics as M
+from offline import metrics as M
 
 
 def scipy_auc(y, s):
@@ -112,3 +112,22 @@ def test_ad_rank_corr_matches_scipy_spearman_with_ties():
     assert np.isnan(M.ad_rank_corr(Y, np.ones(30)))  # a constant score ranks nothing
     with pytest.raises(ValueError, match="one value per column"):
         M.ad_rank_corr(Y, s[:-1])
+
+
+def test_metrics_match_scikit_learn_on_random_data():
+    """scikit-learn is the oracle for the pooled ranking and calibration metrics."""
+    from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    Y = (rng.random((60, 9)) < 0.25).astype(np.uint8)
+    Y[0] = 1  # at least one user with every ad positive
+    S = np.round(rng.normal(size=Y.shape) + Y, 1)  # rounded: ties
+    assert M.auc(Y, S) == pytest.approx(roc_auc_score(Y.ravel(), S.ravel()), abs=1e-12)
+    per = [roc_auc_score(Y[:, a], S[:, a]) for a in range(Y.shape[1]) if 0 < Y[:, a].sum() < Y.shape[0]]
+    assert M.mean_per_ad_auc(Y, S) == pytest.approx(float(np.mean(per)), abs=1e-12)
+    P = 1.0 / (1.0 + np.exp(-S))
+    assert M.log_loss(Y.ravel(), P.ravel()) == pytest.approx(log_loss(Y.ravel(), P.ravel()), rel=1e-6)
+    assert M.log_loss_from_logits(Y, S) == pytest.approx(log_loss(Y.ravel(), P.ravel()), rel=1e-6)
+    has_pos = Y.sum(axis=1) > 0
+    S_untied = S + rng.random(S.shape) * 1e-6  # sklearn averages ties; we rank them by index
+    assert M.ndcg_at_k(Y, S_untied, 5) == pytest.approx(ndcg_score(Y[has_pos], S_untied[has_pos], k=5), abs=1e-9)
