@@ -23,6 +23,8 @@ def _register_commands() -> None:
     import llmhyper.cli.evaluate_cmd  # noqa: F401
     import llmhyper.cli.loadtest_cmd  # noqa: F401
     import llmhyper.cli.optimize_cmd  # noqa: F401
+    import llmhyper.cli.refresh_cmd  # noqa: F401
+    import llmhyper.cli.replay_cmd  # noqa: F401
     import llmhyper.cli.robustness_cmd  # noqa: F401
     import llmhyper.cli.score_cmd  # noqa: F401
     import llmhyper.cli.serve_cmd  # noqa: F401

@@ -15,6 +15,9 @@ matrices   version id                              theta, float32 little-endian 
            version id + ``\\0rules`` / ``\\0sigma``     optional content rules (CSR int32/float32)
                                                    and posterior spread float32 [M, F]
                                                    (see ``extras.py``; older versions have none)
+           version id + ``\\0`` + array name          further optional float32 [M, F] arrays
+                                                   (e.g. ``prior``), listed in the header's
+                                                   ``arrays`` (``publish(arrays=...)``)
 ad_ids     version id                              JSON list of ad ids in row order
 records    version id + ``\\0`` + ad id             JSON per-ad provenance / rationale
 users      user id                                 float32 [F_user] vector
@@ -563,7 +566,8 @@ class WeightStore:
                 manifest: Mapping[str, Any] | None = None,
                 ad_records: Mapping[str, Mapping[str, Any]] | None = None,
                 users: tuple[Sequence[str], Any, Sequence[Any]] | None = None,
-                rules: Any = None, sigma: Any = None) -> str:
+                rules: Any = None, sigma: Any = None,
+                arrays: Mapping[str, Any] | None = None) -> str:
         """Publish a new version and make it current, atomically.
 
         Args:
@@ -581,6 +585,9 @@ class WeightStore:
                 served as a mask: ad hidden from users whose feature exceeds threshold.
             sigma: optional posterior spread, float32-castable [M, F], finite, >= 0 (used by
                 Thompson-sample exploration).
+            arrays: optional further per-version arrays by name (identifiers other than
+                ``rules`` / ``sigma``), each float32-castable [M, F] and finite, e.g. ``prior``
+                (the prior mean of a refreshed version). Read back with :meth:`version_array`.
         Returns:
             The new version id (``v`` + 6-digit publish sequence number).
         Raises:
@@ -596,10 +603,18 @@ class WeightStore:
         recs = check_records(ad_records, ids)
         crules = None if rules is None else check_rules_input(rules, ids, [n for n, _ in feats])
         sig = None if sigma is None else check_sigma(sigma, len(ids), len(feats))
+        extra = {}
+        for name, arr in (arrays or {}).items():
+            if not isinstance(name, str) or not name.isidentifier() or name in ("rules", "sigma"):
+                raise InvalidWeights(f"arrays: name must be an identifier other than 'rules' / 'sigma' "
+                                     f"(pass sigma=...), got {name!r}")
+            extra[name] = check_matrix(arr, f"arrays[{name!r}]", len(ids), len(feats))
         header_extra = {"features": [list(f) for f in feats], "manifest": man,
                         "created_at": float(man["created_at"]), "n_ads": mat.shape[0],
                         "n_features": mat.shape[1], "dtype": _DTYPE.str, "n_records": len(recs),
                         "format": FORMAT_VERSION}
+        if extra:
+            header_extra["arrays"] = sorted(extra)
         if crules is not None:
             header_extra.update(has_rules=True, n_rules=crules.n_rules)
         if sig is not None:
@@ -622,6 +637,8 @@ class WeightStore:
                 txn.put(key + SIGMA_SUFFIX, _paged(sig, psize), db=dbs["matrices"])
             txn.put(key, ids_json, db=dbs["ad_ids"])
             txn.put(key, to_json(hdr, "version header"), db=dbs["versions"])
+            for name, arr in extra.items():
+                txn.put(key + b"\x00" + name.encode(), arr.tobytes(), db=dbs["matrices"])
             for ad, rec in recs.items():
                 txn.put(key + b"\x00" + ad.encode(), rec, db=dbs["records"])
             if write_users is not None:
@@ -630,7 +647,8 @@ class WeightStore:
             txn.put(b"current", key, db=dbs["meta"])
             return version
 
-        hint = 2 * mat.nbytes + 8 * (0 if crules is None else crules.n_rules) + len(ids_json) + sum(len(r) + 64 for r in recs.values()) + 8192 + users_hint
+        hint = (2 * mat.nbytes + 8 * (0 if crules is None else crules.n_rules) + len(ids_json)
+                + sum(len(r) + 64 for r in recs.values()) + 8192 + users_hint + sum(a.nbytes + 64 for a in extra.values()))
         return e.write(write, hint)
 
     def current_version(self) -> str | None:
@@ -757,8 +775,11 @@ class WeightStore:
             if cur is not None:
                 kept.add(cur.decode())
             removed = [h["version"] for h in hdrs if h["version"] not in kept]
+            arrays_of = {h["version"]: h.get("arrays", ()) for h in hdrs}
             for v in removed:
                 key = v.encode()
+                for name in arrays_of.get(v, ()):
+                    txn.delete(key + b"\x00" + name.encode(), db=dbs["matrices"])
                 for name in ("versions", "matrices", "ad_ids"):
                     txn.delete(key, db=dbs[name])
                 for suffix in (RULES_SUFFIX, SIGMA_SUFFIX):
@@ -775,6 +796,35 @@ class WeightStore:
         for v in removed:
             e.retire(v)
         return removed
+
+    def version_array(self, version: str, name: str) -> np.ndarray | None:
+        """The extra array ``name`` stored with ``version`` (see ``publish(arrays=...)``) as a
+        read-only float32 [M, F] copy, or None when that version has no such array.
+
+        Raises VersionNotFound for an unknown version.
+        """
+        e = self._env()
+        dbs = e.dbs
+        if not isinstance(version, str) or not isinstance(name, str):
+            raise StoreError("version_array(version, name) takes two str")
+
+        def get(txn: lmdb.Transaction) -> tuple[bytes | None, bytes | None]:
+            hdr = txn.get(version.encode(), db=dbs["versions"])
+            if hdr is None:
+                return None, None
+            buf = txn.get(version.encode() + b"\x00" + name.encode(), db=dbs["matrices"])
+            return bytes(hdr), None if buf is None else bytes(buf)
+
+        hdr_b, buf = e.read(get)
+        if hdr_b is None:
+            raise VersionNotFound(f"weight version {version!r} does not exist in {self._path!r}")
+        if buf is None:
+            return None
+        hdr = json.loads(hdr_b)
+        M, F = int(hdr["n_ads"]), int(hdr["n_features"])
+        out = np.frombuffer(buf, dtype=_DTYPE, count=M * F).reshape(M, F).copy()
+        out.flags.writeable = False
+        return out
 
     def ad_record(self, version: str, ad_id: str) -> dict | None:
         """The per-ad record (provenance, rationale) stored with ``version``, or None."""
