@@ -103,6 +103,13 @@ def _serve(args: argparse.Namespace) -> int:
         extra = f", metrics on {args.metrics_host}:{server.metrics_port}" if server.metrics_port is not None else ""
         print(f"llmhyper: listening on {args.host}:{port} ({scheme}, {args.workers} workers{extra})", flush=True)
 
+    if args.child:
+        # compile the kernels before binding the shared port: a replacement child must not take
+        # connections (SO_REUSEPORT hands it new ones at once) while it is still warming up
+        import scoring
+
+        scoring.set_threads(1)
+        scoring.warmup()
     address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     try:
         return serve(address, args.store, on_started=started, exit_hard_after_grace=True, **options)

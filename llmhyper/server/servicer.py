@@ -186,6 +186,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         self._poller_lock = threading.Lock()
         self._sync_lock = threading.Lock()  # one _poll_once at a time (poller or a request)
         self._failed_load: tuple[str, float] | None = None  # (version, monotonic time) of a failed by-id sync
+        self._users: Any = None  # UsersView of the live version (rows of its own publish), or None
         self._delay = float(config.debug_handler_delay_s)
         self._max_k = int(config.max_top_k)
 
@@ -204,12 +205,15 @@ class RankerServicer(pb_grpc.RankerServicer):
                 self._poller = poller  # published only once started, so close() may always join it
 
     def close(self) -> None:
-        """Stop the hot-swap thread."""
+        """Stop the hot-swap thread and release the user-table snapshot."""
         with self._poller_lock:
             self._stop.set()
             poller = self._poller
         if poller is not None and poller is not threading.current_thread():
             poller.join(timeout=2.0)
+        users, self._users = self._users, None
+        if users is not None:
+            users.close()
 
     @property
     def ready(self) -> bool:
@@ -274,10 +278,24 @@ class RankerServicer(pb_grpc.RankerServicer):
                 log.info("hot swap: now serving %s (was %s)", new.version, st.version)
             elif st is None:
                 log.info("serving version %s (%d ads x %d features)", new.version, new.M, new.F)
+        self._refresh_users()
         self._drop_gone_pins()
         if not self._ready and self._state is not None:
             self._ready = True
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def _refresh_users(self) -> None:
+        """Keep ``_users`` a snapshot of the user table taken with the live version current, so
+        by-id requests read rows without reading the store's meta (see ``_users_by_id``)."""
+        if not hasattr(self._store, "users_view"):
+            return
+        old = self._users
+        if old is not None and old.fresh():
+            return
+        new = self._store.users_view()
+        self._users = new
+        if old is not None:
+            old.close()
 
     def _drop_gone_pins(self) -> None:
         """Forget pinned-version states whose version was pruned, so pins to it get NOT_FOUND."""
@@ -337,7 +355,25 @@ class RankerServicer(pb_grpc.RankerServicer):
         publish than ``st``, the server swaps to it first (instead of waiting up to one poll),
         so a user row is never scored with weights from a different publish. The schema is
         checked against the version actually used, on every request. A pinned version is scored
-        with the user table as it is now."""
+        with the user table as it is now.
+
+        Fast path: the poller keeps a snapshot of the user table taken in a transaction where
+        ``st.version`` was current. While nothing was committed since (LMDB's last transaction
+        id unchanged, checked per request without a transaction) its rows are the current ones
+        and belong with these weights; after any commit the request takes the full read below
+        until the poller renews the snapshot."""
+        users = self._users
+        if live and users is not None and users.version == st.version and users.fresh():
+            try:
+                X = users.rows(user_ids)
+            except UserNotFound as e:
+                raise _not_found(f"unknown user_id {_short(str(e.user_id))} (the store's user table has "
+                                 f"{users.n_users} users)") from None
+            if X is not None:
+                problem = st.users_problem(users.features)
+                if problem is not None:
+                    raise RequestError(_SC.FAILED_PRECONDITION, problem)
+                return st, X
         for _ in range(_SYNC_ATTEMPTS):
             try:
                 snap = self._store.users_snapshot(user_ids)
