@@ -14,7 +14,9 @@ Serving model
   changes. Requests pinned to a version get that version's state from a small cache.
   Requests by user id read the user rows together with the store's current version (one
   read transaction) and swap at once when that shows a newer publish, so a user row and
-  the weights published with it are always served together.
+  the weights published with it are always served together. The common case skips that
+  read: the poller keeps a snapshot of the user table (one LMDB read transaction, taken with
+  the live version current), used while LMDB's last transaction id shows no commit since.
 * Health (grpc.health.v1): NOT_SERVING until the store is open, a version is loaded
   and ``scoring.warmup()`` compiled the kernels; SERVING after; NOT_SERVING first on
   shutdown, then ``server.stop(grace)`` lets in-flight calls finish.
