@@ -17,6 +17,7 @@ Every method raises :class:`RankerError` (with the gRPC status ``code`` and the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -187,8 +188,27 @@ def _decode_json(text: str) -> object | None:
     return json.loads(text) if text else None
 
 
+def service_config(timeout: float | None = 5.0, max_attempts: int = 4) -> str:
+    """The gRPC service config the client ships (JSON): every Ranker method retries UNAVAILABLE
+    (a server restarting, a child process replaced, a version published a moment ago) up to
+    ``max_attempts`` calls with exponential backoff from 20 ms to 500 ms (x2, jittered by grpc),
+    and has a default deadline of ``timeout`` seconds. The server only answers UNAVAILABLE
+    before a handler has done anything, so a retry never repeats work."""
+    method: dict = {
+        "name": [{"service": "llmhyper.v1.Ranker"}],
+        "retryPolicy": {"maxAttempts": int(max_attempts), "initialBackoff": "0.02s", "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }
+    if timeout is not None:
+        method["timeout"] = f"{float(timeout):.3f}s"
+    return json.dumps({"methodConfig": [method]})
+
+
 class RankerClient:
     """Blocking client of ``llmhyper.v1.Ranker``.
+
+    The channel carries :func:`service_config`: UNAVAILABLE is retried with backoff (``retries``
+    False turns it off) and every call has the default deadline ``timeout``.
 
     Args:
         target: "host:port".
@@ -197,14 +217,17 @@ class RankerClient:
         timeout: default per-call deadline in seconds (None: no deadline).
         max_message_bytes: largest response accepted (RankBatch responses grow with B*k).
         options: extra grpc channel options.
+        retries: ship the retry policy of :func:`service_config` (default True).
     """
 
     def __init__(self, target: str, *, token: str | None = None, tls: ClientTLS | None = None,
                  timeout: float | None = 5.0, max_message_bytes: int = 64 * 1024 * 1024,
-                 options: Sequence[tuple[str, object]] = ()) -> None:
+                 options: Sequence[tuple[str, object]] = (), retries: bool = True) -> None:
         opts: list[tuple[str, object]] = [
             ("grpc.max_receive_message_length", int(max_message_bytes)),
             ("grpc.max_send_message_length", -1),
+            ("grpc.enable_retries", 1 if retries else 0),
+            ("grpc.service_config", service_config(timeout) if retries else json.dumps({})),
             *(tls.channel_options() if tls is not None else []),
             *options,
         ]

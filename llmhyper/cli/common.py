@@ -38,7 +38,9 @@ def make_client(args: argparse.Namespace):
                 raise CLIError(f"{flag}: file not found: {path}")
         tls = ClientTLS(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key, server_name=args.tls_server_name)
     token = args.token or os.environ.get("LLMHYPER_TOKEN") or None
-    return RankerClient(args.target, token=token, tls=tls, timeout=args.timeout)
+    # one-shot commands report the first failure as it is (an unreachable server: UNAVAILABLE,
+    # not a deadline spent retrying it)
+    return RankerClient(args.target, token=token, tls=tls, timeout=args.timeout, retries=False)
 
 
 def rpc(fn: Callable[[], Any]) -> Any:

@@ -19,10 +19,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import scoring
 from llmhyper._proto import ranker_pb2 as pb
-from llmhyper._proto import ranker_pb2_grpc as pb_grpc
 from llmhyper.auth import BearerTokenInterceptor, server_credentials
 from llmhyper.server.config import ServerConfig
-from llmhyper.server.servicer import RankerServicer, _GuardedServicer
+from llmhyper.server import metrics as _metrics
+from llmhyper.server.servicer import RankerServicer, add_ranker_to_server
 from llmhyper.store.weight_store import WeightStore
 
 log = logging.getLogger("llmhyper.server")
@@ -50,6 +50,8 @@ class RankerServer(grpc.Server):
         self._owned_store = owned_store
         self._stopped: threading.Event | None = None
         self._close_lock = threading.Lock()
+        self.metrics_port: int | None = None  # bound /metrics port when config.metrics_port is set
+        self._metrics_http: Any = None
 
     def _close_owned_store(self) -> None:
         with self._close_lock:
@@ -81,10 +83,15 @@ class RankerServer(grpc.Server):
             return self._stopped
         self.health.enter_graceful_shutdown()  # every service NOT_SERVING, later sets ignored
         self.servicer.close()
+        self.servicer.metrics.close()
         if self.config.drain_s:
             time.sleep(self.config.drain_s)  # still serving, but health already says NOT_SERVING
         event = self._server.stop(grace)
         self._stopped = event
+        if self._metrics_http is not None:
+            http, self._metrics_http = self._metrics_http, None
+            threading.Thread(target=lambda: (event.wait(), http.shutdown(), http.server_close()),
+                             name="llmhyper-metrics-close", daemon=True).start()
         if self._owned_store is not None:
 
             def close_when_done() -> None:
@@ -118,6 +125,7 @@ def create_server(address: str, store: WeightStore | str, **options: Any) -> tup
         store = owned = WeightStore(store, readonly=True)
     health_servicer = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1))
+    _metrics.install_shed_hook()
     servicer = RankerServicer(store, config, health_servicer)
     servicer._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     interceptors = []
@@ -131,7 +139,7 @@ def create_server(address: str, store: WeightStore | str, **options: Any) -> tup
     grpc_options = [
         ("grpc.max_receive_message_length", int(config.max_receive_message_bytes)),
         ("grpc.max_send_message_length", int(config.max_send_message_bytes)),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="llmhyper-rpc"),
@@ -139,7 +147,7 @@ def create_server(address: str, store: WeightStore | str, **options: Any) -> tup
         options=grpc_options,
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    pb_grpc.add_RankerServicer_to_server(_GuardedServicer(servicer), server)
+    add_ranker_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
         from grpc_reflection.v1alpha import reflection
@@ -160,6 +168,17 @@ def create_server(address: str, store: WeightStore | str, **options: Any) -> tup
             owned.close()
         raise OSError(f"cannot bind {address}")
     wrapped = RankerServer(server, servicer, health_servicer, config, port, owned)
+    if config.metrics_port is not None:
+        registry = servicer.metrics.registry
+        registry.register(_metrics.StoreCollector(lambda: _metrics.store_stats(store), servicer.published_at))
+        try:
+            http = _metrics.start_metrics_http(config.metrics_port, config.metrics_host, registry)
+        except OSError as e:
+            if owned is not None:
+                owned.close()
+            raise OSError(f"cannot bind the metrics port {config.metrics_host}:{config.metrics_port}: {e}") from None
+        wrapped._metrics_http = http
+        wrapped.metrics_port = int(http.server_port)
     server.start()
 
     def warm() -> None:

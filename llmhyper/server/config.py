@@ -36,6 +36,10 @@ class ServerConfig:
             False compiles them before ``create_server`` returns.
         explore_default: rank by a Thompson sample when a request leaves ``explore`` unset
             (needs versions published with posterior spread; others answer INVALID_ARGUMENT).
+        metrics_port: serve Prometheus ``/metrics`` over HTTP on this port (0 picks a free one;
+            None: no endpoint). metrics_host: its bind address.
+        reuse_port: bind the gRPC port with SO_REUSEPORT (the pre-forked children of
+            ``--processes N`` share one port).
         debug_handler_delay_s: TEST HOOK ONLY. Seconds every ranking handler sleeps before
             its deadline check and kernel call. 0 in production.
     """
@@ -58,6 +62,9 @@ class ServerConfig:
     pinned_versions_cached: int = 8
     background_warmup: bool = False
     explore_default: bool = False
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    reuse_port: bool = False
     debug_handler_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -80,6 +87,8 @@ class ServerConfig:
             raise ValueError(f"server option grace_s must be >= 0, got {self.grace_s!r}")
         if self.debug_handler_delay_s < 0:
             raise ValueError(f"server option debug_handler_delay_s must be >= 0, got {self.debug_handler_delay_s!r}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"server option metrics_port must be in [0, 65535], got {self.metrics_port!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("server options tls_cert and tls_key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -14,7 +14,9 @@ Serving model
   changes. Requests pinned to a version get that version's state from a small cache.
   Requests by user id read the user rows together with the store's current version (one
   read transaction) and swap at once when that shows a newer publish, so a user row and
-  the weights published with it are always served together.
+  the weights published with it are always served together. The common case skips that
+  read: the poller keeps a snapshot of the user table (one LMDB read transaction, taken with
+  the live version current), used while LMDB's last transaction id shows no commit since.
 * Health (grpc.health.v1): NOT_SERVING until the store is open, a version is loaded
   and ``scoring.warmup()`` compiled the kernels; SERVING after; NOT_SERVING first on
   shutdown, then ``server.stop(grace)`` lets in-flight calls finish.
@@ -38,12 +40,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2
 
 import scoring
 from llmhyper._proto import ranker_pb2 as pb
 from llmhyper._proto import ranker_pb2_grpc as pb_grpc
 from llmhyper.server.config import ServerConfig
+from llmhyper.server.metrics import ServerMetrics
 from llmhyper.store.weight_store import StoreError, UserNotFound, VersionNotFound, WeightStore
 
 log = logging.getLogger("llmhyper.server")
@@ -195,8 +199,10 @@ class RankerServicer(pb_grpc.RankerServicer):
     ``deadline_skips`` (requests whose deadline had passed before the kernel).
     """
 
-    def __init__(self, store: WeightStore, config: ServerConfig, health_servicer: health.HealthServicer | None = None) -> None:
+    def __init__(self, store: WeightStore, config: ServerConfig, health_servicer: health.HealthServicer | None = None,
+                 metrics: ServerMetrics | None = None) -> None:
         self._store = store
+        self.metrics = metrics if metrics is not None else ServerMetrics()
         self._config = config
         self._health = health_servicer
         self._state: ServingState | None = None
@@ -215,6 +221,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         self._poller_lock = threading.Lock()
         self._sync_lock = threading.Lock()  # one _poll_once at a time (poller or a request)
         self._failed_load: tuple[str, float] | None = None  # (version, monotonic time) of a failed by-id sync
+        self._users: Any = None  # UsersView of the live version (rows of its own publish), or None
         self._delay = float(config.debug_handler_delay_s)
         self._max_k = int(config.max_top_k)
 
@@ -233,12 +240,15 @@ class RankerServicer(pb_grpc.RankerServicer):
                 self._poller = poller  # published only once started, so close() may always join it
 
     def close(self) -> None:
-        """Stop the hot-swap thread."""
+        """Stop the hot-swap thread and release the user-table snapshot."""
         with self._poller_lock:
             self._stop.set()
             poller = self._poller
         if poller is not None and poller is not threading.current_thread():
             poller.join(timeout=2.0)
+        users, self._users = self._users, None
+        if users is not None:
+            users.close()
 
     @property
     def ready(self) -> bool:
@@ -279,6 +289,11 @@ class RankerServicer(pb_grpc.RankerServicer):
             self._health.set("", status)
             self._health.set(SERVICE_NAME, status)
 
+    def published_at(self) -> float | None:
+        """Unix time the served version was published (None before one is loaded)."""
+        st = self._state
+        return st.created_at if st is not None else None
+
     def _poll_once(self) -> None:
         current, _, n_users = self._store.schema_snapshot()
         self._n_users = n_users
@@ -286,18 +301,36 @@ class RankerServicer(pb_grpc.RankerServicer):
         if current is None:
             return
         if st is None or st.version != current:
+            t0 = time.perf_counter()
             new = ServingState(self._store.view(current))
             self._state = new  # single reference assignment: requests see old or new, never a mix
+            man = new.view.manifest if isinstance(new.view.manifest, dict) else {}
+            self.metrics.set_version(new.version, str(man.get("generator", "")), new.M, new.F, new.created_at,
+                                     time.perf_counter() - t0 if st is not None else None)
             if st is not None and st.version != new.version:
                 with self._lock:
                     self._swaps += 1
                 log.info("hot swap: now serving %s (was %s)", new.version, st.version)
             elif st is None:
                 log.info("serving version %s (%d ads x %d features)", new.version, new.M, new.F)
+        self._refresh_users()
         self._drop_gone_pins()
         if not self._ready and self._state is not None:
             self._ready = True
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def _refresh_users(self) -> None:
+        """Keep ``_users`` a snapshot of the user table taken with the live version current, so
+        by-id requests read rows without reading the store's meta (see ``_users_by_id``)."""
+        if not hasattr(self._store, "users_view"):
+            return
+        old = self._users
+        if old is not None and old.fresh():
+            return
+        new = self._store.users_view()
+        self._users = new
+        if old is not None:
+            old.close()
 
     def _drop_gone_pins(self) -> None:
         """Forget pinned-version states whose version was pruned, so pins to it get NOT_FOUND."""
@@ -357,7 +390,25 @@ class RankerServicer(pb_grpc.RankerServicer):
         publish than ``st``, the server swaps to it first (instead of waiting up to one poll),
         so a user row is never scored with weights from a different publish. The schema is
         checked against the version actually used, on every request. A pinned version is scored
-        with the user table as it is now."""
+        with the user table as it is now.
+
+        Fast path: the poller keeps a snapshot of the user table taken in a transaction where
+        ``st.version`` was current. While nothing was committed since (LMDB's last transaction
+        id unchanged, checked per request without a transaction) its rows are the current ones
+        and belong with these weights; after any commit the request takes the full read below
+        until the poller renews the snapshot."""
+        users = self._users
+        if live and users is not None and users.version == st.version and users.fresh():
+            try:
+                X = users.rows(user_ids)
+            except UserNotFound as e:
+                raise _not_found(f"unknown user_id {_short(str(e.user_id))} (the store's user table has "
+                                 f"{users.n_users} users)") from None
+            if X is not None:
+                problem = st.users_problem(users.features)
+                if problem is not None:
+                    raise RequestError(_SC.FAILED_PRECONDITION, problem)
+                return st, X
         for _ in range(_SYNC_ATTEMPTS):
             try:
                 snap = self._store.users_snapshot(user_ids)
@@ -609,32 +660,91 @@ class RankerServicer(pb_grpc.RankerServicer):
         return _PONG
 
 
+class _BadBytes:
+    """What the request deserializer returns for bytes that are not the method's protobuf."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+_BAD_BYTES_LOG_EVERY_S = 10.0
+_bad_bytes_log = {"last": 0.0, "suppressed": 0}
+_bad_bytes_lock = threading.Lock()
+
+
+def _log_bad_bytes(name: str, error: str) -> None:
+    """One log line per ``_BAD_BYTES_LOG_EVERY_S`` seconds at most, with how many were suppressed."""
+    now = time.monotonic()
+    with _bad_bytes_lock:
+        if now - _bad_bytes_log["last"] < _BAD_BYTES_LOG_EVERY_S:
+            _bad_bytes_log["suppressed"] += 1
+            return
+        suppressed, _bad_bytes_log["suppressed"], _bad_bytes_log["last"] = _bad_bytes_log["suppressed"], 0, now
+    log.warning("%s: request bytes do not parse (%s); answered INVALID_ARGUMENT (%d more such requests "
+                "in the last %.0f s not logged)", name, error, suppressed, _BAD_BYTES_LOG_EVERY_S)
+
+
+def _safe_deserializer(message_cls: Any) -> Callable[[bytes], Any]:
+    """``message_cls.FromString`` that returns a :class:`_BadBytes` instead of raising, so the
+    guard answers INVALID_ARGUMENT (grpc itself would answer INTERNAL and log a traceback)."""
+    parse = message_cls.FromString
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except (DecodeError, ValueError, RuntimeError) as e:
+            return _BadBytes(f"{type(e).__name__}: {str(e)[:120]}")
+
+    return deserialize
+
+
 def _guard(servicer: RankerServicer, name: str, fn: Callable) -> Callable:
-    """Wrap a handler: count it, map refusals to their status, and never let an exception escape."""
+    """Wrap a handler: count it (counters and Prometheus metrics), map refusals to their status,
+    and never let an exception escape."""
+    metrics = servicer.metrics
+    codes, latency = metrics.for_method(name)
+    in_flight = metrics.in_flight
+    count = metrics.count
+    observe = latency.observe
+    clock = time.perf_counter
 
     @functools.wraps(fn)
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        t0 = clock()
         lock = servicer._lock
         with lock:
             servicer._requests += 1
+        in_flight.inc()
         try:
-            if not servicer._ready and name != "Ping":
-                raise RequestError(_SC.UNAVAILABLE, "server is starting: kernels warming up or no version published yet")
-            return fn(request, context)
-        except RequestError as e:
-            code, msg = e.code, e.message
-        except VersionNotFound as e:
-            code, msg = _SC.NOT_FOUND, str(e)
-        except ValueError as e:  # a validation we did not anticipate: still the caller's input
-            code, msg = _SC.INVALID_ARGUMENT, f"invalid request: {e}"
-        except StoreError as e:
-            log.exception("%s: store error", name)
-            code, msg = _SC.INTERNAL, f"store error: {e}"
-        except Exception as e:
-            log.exception("%s: unexpected error", name)
-            code, msg = _SC.INTERNAL, f"internal error in {name}: {type(e).__name__}: {e}"
-        with lock:
-            servicer._errors[code.name] += 1
+            try:
+                if request.__class__ is _BadBytes:
+                    _log_bad_bytes(name, request.error)
+                    raise _invalid(f"request bytes are not a valid {name} request message ({request.error})")
+                if not servicer._ready and name != "Ping":
+                    raise RequestError(_SC.UNAVAILABLE, "server is starting: kernels warming up or no version published yet")
+                resp = fn(request, context)
+                count(name, codes, "OK")
+                return resp
+            except RequestError as e:
+                code, msg = e.code, e.message
+            except VersionNotFound as e:
+                code, msg = _SC.NOT_FOUND, str(e)
+            except ValueError as e:  # a validation we did not anticipate: still the caller's input
+                code, msg = _SC.INVALID_ARGUMENT, f"invalid request: {e}"
+            except StoreError as e:
+                log.exception("%s: store error", name)
+                code, msg = _SC.INTERNAL, f"store error: {e}"
+            except Exception as e:
+                log.exception("%s: unexpected error", name)
+                code, msg = _SC.INTERNAL, f"internal error in {name}: {type(e).__name__}: {e}"
+            with lock:
+                servicer._errors[code.name] += 1
+            count(name, codes, code.name)
+        finally:
+            in_flight.dec()
+            observe(clock() - t0)
         if len(msg) > _MAX_DETAILS:  # never let an echoed value turn the answer into RESOURCE_EXHAUSTED
             msg = msg[:_MAX_DETAILS] + "..."
         context.abort(code, msg)
@@ -642,9 +752,28 @@ def _guard(servicer: RankerServicer, name: str, fn: Callable) -> Callable:
     return handler
 
 
+_METHODS = (("Rank", pb.RankRequest, pb.RankResponse), ("RankBatch", pb.RankBatchRequest, pb.RankBatchResponse),
+            ("Explain", pb.ExplainRequest, pb.ExplainResponse), ("GetModelInfo", pb.GetModelInfoRequest, pb.ModelInfo),
+            ("Ping", pb.PingRequest, pb.PingResponse))
+
+
 class _GuardedServicer(pb_grpc.RankerServicer):
     """The servicer's RPC methods, each wrapped by :func:`_guard`."""
 
     def __init__(self, inner: RankerServicer) -> None:
-        for name in ("Rank", "RankBatch", "Explain", "GetModelInfo", "Ping"):
+        for name, _, _ in _METHODS:
             setattr(self, name, _guard(inner, name, getattr(inner, name)))
+
+
+def add_ranker_to_server(inner: RankerServicer, server: grpc.Server) -> None:
+    """Register the guarded Ranker methods on ``server`` like the generated
+    ``add_RankerServicer_to_server``, but with request deserializers that turn unparseable bytes
+    into INVALID_ARGUMENT answered by the guard."""
+    guarded = _GuardedServicer(inner)
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(getattr(guarded, name), request_deserializer=_safe_deserializer(req),
+                                                  response_serializer=resp.SerializeToString)
+        for name, req, resp in _METHODS
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -91,6 +91,7 @@ __all__ = [
     "StoreError",
     "UserNotFound",
     "UsersSnapshot",
+    "UsersView",
     "VersionNotFound",
     "VersionView",
     "WeightStore",
@@ -480,6 +481,73 @@ class UsersSnapshot:
     features: tuple[tuple[str, str], ...] | None
     n_users: int
     X: np.ndarray
+
+
+class UsersView:
+    """The user table as of one LMDB snapshot, with the version that was current in it.
+
+    Holds one read transaction (a reader slot) until :meth:`close`; :meth:`rows` reads rows from
+    that snapshot, so they always belong with ``version``. Thread-safe (one lock around the
+    transaction, which LMDB allows only one thread at a time)."""
+
+    __slots__ = ("version", "features", "n_users", "txnid", "_txn", "_db", "_F", "_lock", "_gen", "_e")
+
+    def __init__(self, e: "_Env") -> None:
+        self._e = e
+        self._gen = e.remap_gen
+        self._txn = e.begin_read()
+        meta = e.dbs["meta"]
+        try:
+            self.txnid = int(self._txn.id())
+            cur = self._txn.get(b"current", db=meta)
+            feats_b = self._txn.get(b"user_features", db=meta)
+            n_b = self._txn.get(b"n_users", db=meta)
+        except BaseException:
+            self._txn.abort()
+            raise
+        self.version = None if cur is None else cur.decode()
+        self.features = None if feats_b is None else tuple((str(n), str(d)) for n, d in json.loads(feats_b))
+        self.n_users = 0 if n_b is None else int(n_b)
+        self._F = 0 if self.features is None else len(self.features)
+        self._db = e.dbs["users"]
+        self._lock = threading.Lock()
+
+    def fresh(self) -> bool:
+        """True while nothing was committed to the store since this snapshot (one cheap read of
+        LMDB's meta page, no transaction): its rows and version are then the store's current ones."""
+        try:
+            return int(self._e.env.info()["last_txnid"]) == self.txnid
+        except lmdb.Error:
+            return False
+
+    def rows(self, user_ids: Sequence[str]) -> np.ndarray | None:
+        """float32 [B, F_user] rows of ``user_ids`` from this snapshot; raises UserNotFound for
+        an unknown id; None when the snapshot was closed or invalidated by a remap (read the
+        store instead)."""
+        out = np.empty((len(user_ids), self._F), dtype=np.float32)
+        with self._lock:
+            txn = self._txn
+            if txn is None or self._gen != self._e.remap_gen:
+                return None
+            try:
+                for i, u in enumerate(user_ids):
+                    b = txn.get(u.encode(), db=self._db) if isinstance(u, str) and u else None
+                    if b is None:
+                        raise UserNotFound(f"unknown user id {u!r}", u)
+                    out[i] = np.frombuffer(b, dtype=_DTYPE)
+            except lmdb.Error:
+                return None
+        return out
+
+    def close(self) -> None:
+        """Release the read transaction (later :meth:`rows` calls return None)."""
+        with self._lock:
+            txn, self._txn = self._txn, None
+        if txn is not None:
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass
 
 
 class WeightStore:
@@ -935,6 +1003,10 @@ class WeightStore:
         features = self._user_schema(feats_b)
         return UsersSnapshot(version=None if cur is None else cur.decode(), features=features,
                              n_users=0 if n_b is None else int(n_b), X=self._rows_to_matrix(ids, feats_b, rows))
+
+    def users_view(self) -> UsersView:
+        """A :class:`UsersView` of the user table and current version now (close it when done)."""
+        return UsersView(self._env())
 
     def schema_snapshot(self) -> tuple[str | None, tuple[tuple[str, str], ...] | None, int]:
         """(current version, user table schema or None, number of users), read in one transaction."""

@@ -51,9 +51,9 @@ def test_row11_mtls_and_token_via_cli(store_path, serve, tls_files, record):
         "client distrusts server CA": ClientTLS(ca_file=str(tls_files.other_ca), cert_file=str(tls_files.client_cert),
                                                 key_file=str(tls_files.client_key)),
     }.items():
-        with RankerClient(target, tls=tls, token="s3cret-token", timeout=2) as c:
+        with RankerClient(target, tls=tls, token="s3cret-token", timeout=2, retries=False) as c:
             results[name] = _code(lambda: c.ping())
-    with RankerClient(f"127.0.0.1:{sp.port}", token="s3cret-token", timeout=2) as c:
+    with RankerClient(f"127.0.0.1:{sp.port}", token="s3cret-token", timeout=2, retries=False) as c:
         results["plaintext client"] = _code(lambda: c.ping())
     # reflection is off by default: even an authenticated mTLS caller finds no reflection service
     with grpc.secure_channel(target, good.credentials()) as ch:
@@ -80,7 +80,7 @@ def test_row11_tls_only_and_reflection_flag(store_path, serve, tls_files, record
     tls = ClientTLS(ca_file=str(tls_files.ca))
     with RankerClient(target, tls=tls, timeout=5) as c:
         ok = _code(lambda: c.rank("u001", top_k=2))
-    with RankerClient(f"127.0.0.1:{sp.port}", timeout=2) as c:
+    with RankerClient(f"127.0.0.1:{sp.port}", timeout=2, retries=False) as c:
         plain = _code(lambda: c.ping())
     with grpc.secure_channel(target, tls.credentials()) as ch:
         services = _list_services(ch)

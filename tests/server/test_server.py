@@ -242,13 +242,14 @@ def test_bad_explain_and_info_requests(stub, method, req, code, fragments):
 
 
 def test_garbage_bytes_are_never_unknown(server):
-    """Undecodable request bytes: grpc answers INTERNAL (deserialisation), never UNKNOWN; server survives."""
+    """Undecodable request bytes: INVALID_ARGUMENT from the guard (not grpc's INTERNAL), never UNKNOWN; server survives."""
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         raw = ch.unary_unary("/llmhyper.v1.Ranker/Rank", request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as ei:
             raw(b"\xff\xff\xff\xff garbage", timeout=5)
         assert ei.value.code() != grpc.StatusCode.UNKNOWN
-        assert ei.value.code() == grpc.StatusCode.INTERNAL
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid Rank request" in ei.value.details()
         assert pb_grpc.RankerStub(ch).Ping(pb.PingRequest(), timeout=5) == pb.PingResponse()
 
 

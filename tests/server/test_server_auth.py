@@ -50,12 +50,12 @@ def test_tls(store_path, make_server, tls_files):
     with RankerClient(target, tls=ClientTLS(ca_file=str(tls_files.ca)), timeout=5) as c:
         assert len(c.rank("u001", top_k=2).ads) == 2
     # plaintext client against the TLS port: the handshake fails
-    with RankerClient(target, timeout=2) as c:
+    with RankerClient(target, timeout=2, retries=False) as c:
         with pytest.raises(RankerError) as ei:
             c.ping()
         assert ei.value.code == grpc.StatusCode.UNAVAILABLE
     # a client that trusts another CA refuses the server certificate
-    with RankerClient(target, tls=ClientTLS(ca_file=str(tls_files.other_ca)), timeout=2) as c:
+    with RankerClient(target, tls=ClientTLS(ca_file=str(tls_files.other_ca)), timeout=2, retries=False) as c:
         with pytest.raises(RankerError) as ei:
             c.ping()
         assert ei.value.code == grpc.StatusCode.UNAVAILABLE
@@ -76,7 +76,7 @@ def test_mutual_tls_and_token(store_path, make_server, tls_files):
     rogue = ClientTLS(ca_file=str(tls_files.ca), cert_file=str(tls_files.rogue_client_cert),
                       key_file=str(tls_files.rogue_client_key))
     for tls in (no_cert, rogue):
-        with RankerClient(target, tls=tls, token="tok", timeout=2) as c:
+        with RankerClient(target, tls=tls, token="tok", timeout=2, retries=False) as c:
             with pytest.raises(RankerError) as ei:
                 c.ping()
             assert ei.value.code == grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,157 @@
+"""``llmhyper serve --processes 2`` (issue 13): exact aggregated counts, a SIGKILLed child is
+replaced, SIGTERM to the parent drains with 0 failures for clients that stop on NOT_SERVING."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmhyper.client import RankerClient, RankerError
+from llmhyper.store.weight_store import WeightStore
+from tests.helpers import REPO, cli_env, make_world, publish_world, wait_for
+from tests.server.test_metrics import requests, scrape
+
+
+def child_pids(parent: int) -> set[int]:
+    """PIDs whose parent is ``parent`` (from /proc)."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    out.add(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+@pytest.fixture
+def forked(tmp_path):
+    world = make_world()
+    with WeightStore(tmp_path / "store") as s:
+        publish_world(s, world)
+    proc = subprocess.Popen([sys.executable, "-m", "llmhyper", "serve", "--store", str(tmp_path / "store"),
+                             "--port", "0", "--processes", "2", "--metrics-port", "0", "--drain", "0.5"],
+                            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    m = re.search(r"listening on 127\.0\.0\.1:(\d+) .*metrics on 127\.0\.0\.1:(\d+)", line)
+    assert m, line
+    target, mport = f"127.0.0.1:{m.group(1)}", int(m.group(2))
+    assert wait_for(lambda: len(child_pids(proc.pid)) == 2, timeout=30)
+
+    def all_serving() -> bool:
+        # each new connection lands on some child; ask enough of them
+        for _ in range(8):
+            with RankerClient(target, timeout=2) as c:
+                try:
+                    c.wait_until_serving(timeout=60)
+                except Exception:
+                    return False
+        return True
+
+    assert wait_for(all_serving, timeout=90)
+    yield proc, target, mport, world
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    for pid in child_pids(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def test_two_processes_counts_are_exact(forked):
+    proc, target, mport, world = forked
+    before = scrape(mport)
+    ok = nf = 0
+    for i in range(30):  # a fresh channel per call spreads calls over both children
+        with RankerClient(target, retries=False) as c:
+            c.rank(world.user_ids[i % 5], top_k=2)
+            ok += 1
+            if i % 3 == 0:
+                with pytest.raises(RankerError):
+                    c.rank("nobody", top_k=2)
+                nf += 1
+    m = scrape(mport)
+    assert requests(m, "Rank", "OK") - requests(before, "Rank", "OK") == ok
+    assert requests(m, "Rank", "NOT_FOUND") - requests(before, "Rank", "NOT_FOUND") == nf
+    assert m[("llmhyper_served_version_info", (("generator", "test-synthetic"), ("n_ads", str(world.M)),
+                                               ("n_features", str(world.F)), ("version", "v000001")))] == 1.0
+
+
+def test_killed_child_is_replaced_and_sigterm_drains(forked):
+    proc, target, mport, world = forked
+    old = child_pids(proc.pid)
+    stop = threading.Event()
+    lb_out = threading.Event()
+    lock = threading.Lock()
+    results: list[str] = []
+
+    def client(i: int) -> None:
+        while not stop.is_set() and not lb_out.is_set():
+            with RankerClient(target, timeout=10) as c:  # shipped retry policy on
+                for _ in range(20):
+                    if stop.is_set() or lb_out.is_set():
+                        break
+                    try:
+                        c.rank(world.user_ids[i % 5], top_k=2)
+                        code = "OK"
+                    except RankerError as e:
+                        code = e.code.name
+                    with lock:
+                        results.append(code)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: len(results) > 100, timeout=60)
+    victim = sorted(old)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: len(child_pids(proc.pid) - old) == 1 and len(child_pids(proc.pid)) == 2, timeout=30)
+    n_at_kill = len(results)
+    assert wait_for(lambda: len(results) > n_at_kill + 200, timeout=60)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    failed_kill = [r for r in results if r != "OK"]
+    print(f"\n[child killed] calls={len(results)} failed={len(failed_kill)} codes={sorted(set(failed_kill))}")
+    assert len(failed_kill) <= 4, failed_kill  # at most the calls in flight on the killed child (4 clients)
+    # SIGTERM under load: clients stop once health leaves SERVING
+    stop.clear()
+    results.clear()
+
+    def watcher() -> None:
+        with grpc.insecure_channel(target) as ch:
+            hs = health_pb2_grpc.HealthStub(ch)
+            while not stop.is_set():
+                try:
+                    st = hs.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                except grpc.RpcError:
+                    st = -1
+                if st != health_pb2.HealthCheckResponse.SERVING:
+                    lb_out.set()
+                stop.wait(0.005)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)] + [threading.Thread(target=watcher)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: len(results) > 100, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert lb_out.is_set()
+    failed = [r for r in results if r != "OK"]
+    print(f"[sigterm] calls={len(results)} failed={len(failed)}")
+    assert not failed, failed[:5]
+    assert "forwarding SIGTERM to 2 server processes" in proc.stderr.read()
