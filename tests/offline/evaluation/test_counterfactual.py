@@ -3,7 +3,6 @@ the rule rewriter, the strict rewrite parser, the prompt's data blocks, the LLM 
 through the real Gemini client and the local protocol server, and the study on MovieLens."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 synthetic ads whose CTR depends on a stated year and on the embedding; plus the MovieLens
 adapter's ``feature_cutoff`` used by the faithful pseudo-cold validation."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
