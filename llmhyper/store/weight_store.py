@@ -103,6 +103,9 @@ DEFAULT_MAX_MAP_SIZE = 1 << 40  # 1 TiB of address space; LMDB's file only grows
 _DTYPE = np.dtype("<f4")
 _DB_NAMES = ("meta", "versions", "matrices", "ad_ids", "records", "users")
 _T = TypeVar("_T")
+# TEST HOOK ONLY (tests/reliability row 7 counts the kills that land inside a write txn):
+# called with "begin" once a write transaction is open and "end" once it committed or aborted.
+WRITE_TXN_PROBE: Callable[[str], None] | None = None
 
 
 def _vid(seq: int) -> str:
@@ -301,6 +304,8 @@ class _Env:
             while True:
                 try:
                     with self.env.begin(write=True) as txn:
+                        if WRITE_TXN_PROBE is not None:
+                            WRITE_TXN_PROBE("begin")
                         return fn(txn)
                 except lmdb.MapFullError:
                     self.grow(size_hint)
@@ -311,6 +316,9 @@ class _Env:
                 except lmdb.Error as e:
                     raise PublishError(f"write to weight store {self.path!r} failed "
                                        f"({type(e).__name__}: {e}); nothing was changed") from None
+                finally:
+                    if WRITE_TXN_PROBE is not None:
+                        WRITE_TXN_PROBE("end")
 
     # ---------------------------------------------------------------- map size
     def _prepare_remap(self, why: str, err: type[StoreError]) -> None:

@@ -151,11 +151,10 @@ def test_llm_build_through_gemini_protocol_and_failed_run_publishes_nothing(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.movielens
 def test_movielens_build_end_to_end(tmp_path: Path, capsys) -> None:
     """Issue 3's bar: every cold movie gets published weights, and a rerun hits every cache."""
     path = movielens_path()
-    if not path.is_dir():
-        pytest.skip(f"MovieLens 100K not found at {path} (set LLMHYPER_MOVIELENS)")
     work = tmp_path / "work"
     store = tmp_path / "store"
     args = ["build", "--dataset", f"movielens-100k:{path}", "--store", str(store), "--work-dir", str(work),

@@ -1,7 +1,8 @@
 """Row 1 -- deadline: client timeout 50 ms, handler slowed to 200 ms by the test hook.
 
 Pass: every call ends DEADLINE_EXCEEDED, and no scoring kernel is started once the deadline
-has passed (servicer counters ``kernel_calls`` / ``deadline_skips``).
+has passed (servicer counters ``kernel_calls`` / ``deadline_skips``). The client's give-up
+time is recorded here and budgeted in benchmarks/test_reliability_bench.py.
 """
 
 from __future__ import annotations
@@ -65,5 +66,6 @@ def test_row01_deadline_exceeded_and_kernel_never_started(store_path, make_serve
            kernel_calls_after_deadline=after["kernel_calls"] - before["kernel_calls"],
            client_elapsed_ms_max=round(max(elapsed) * 1e3, 1),
            client_elapsed_ms_median=round(float(np.median(elapsed)) * 1e3, 1))
-    assert max(elapsed) < 1.0  # the client gave up at ~50 ms, never waited for the 200 ms handler
+    # How fast the client gives up is machine-dependent: benchmarks/test_reliability_bench.py
+    # measures it against the handler's 200 ms. Here: codes and the kernel counters only.
     assert grpc.StatusCode.DEADLINE_EXCEEDED.name in codes

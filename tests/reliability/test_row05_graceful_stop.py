@@ -1,7 +1,9 @@
 """Row 5 -- graceful stop: SIGTERM to ``llmhyper serve`` under steady load.
 
 Pass: health reports NOT_SERVING first (while the port still answers), no in-flight call
-fails, and the process exits within the grace period.
+fails, and the process exits with status 0; a call stuck past the grace period is cut, not
+waited for. How many seconds each step takes is recorded here and budgeted in
+benchmarks/test_reliability_bench.py.
 """
 
 from __future__ import annotations
@@ -80,16 +82,17 @@ def test_row05_sigterm_under_load(serve, store_path, record):
     assert not failed, failed[:5]
     assert len(in_flight) >= 1 and len(calls) > 50
     assert after and after[0][1] == "NOT_SERVING", health_log  # NOT_SERVING first, while the port still answers
-    assert after[0][0] - t_sig < 0.5
-    assert t_exit - t_sig <= DRAIN_S + GRACE_S
+    assert after[0][0] < t_exit  # observed while the process was still up
     assert "NOT_SERVING, stopping" in stderr
 
 
 def test_row05_grace_period_cuts_a_stuck_call(serve, store_path, record):
-    """A call slower than the grace period is cut when the grace period ends, and the process
-    exits within drain + grace + 0.5 s even though the stuck handler thread has not returned
-    (grpc's stop alone would wait for it: ``serve(exit_hard_after_grace=True)``)."""
-    grace, stuck = 1.0, 3.0
+    """A call slower than the grace period is cut, not before the grace period ends, and the
+    process exits with status 0 long before the stuck handler thread returns (grpc's stop alone
+    would wait for it: ``serve(exit_hard_after_grace=True)``). The handler is stuck for 30 s, so
+    "before it returns" holds on any machine; how close to the grace period the cut and the exit
+    come is budgeted in benchmarks/test_reliability_bench.py."""
+    grace, stuck = 1.0, 30.0
     sp = serve(store_path, "--drain", "0", "--grace", str(grace), "--debug-handler-delay", str(stuck))
     out: dict[str, object] = {}
 
@@ -113,5 +116,5 @@ def test_row05_grace_period_cuts_a_stuck_call(serve, store_path, record):
     record("row05_stuck_call", grace_s=grace, handler_s=stuck, call_result=str(out.get("r")),
            call_cut_after_s=round(cut, 3), exit_code=code, exit_after_s=round(took, 3))
     assert out["r"] in ("CANCELLED", "UNAVAILABLE"), out
-    assert grace - 0.1 <= cut <= grace + 0.75, cut
-    assert code == 0 and took <= grace + 0.5 + 0.75 < stuck, took
+    assert grace - 0.1 <= cut < stuck, cut  # never before the grace period; never waits for the handler
+    assert code == 0 and took < stuck, took

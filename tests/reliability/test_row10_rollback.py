@@ -1,5 +1,6 @@
 """Row 10 -- rollback: publish a bad (valid but wrongly ranking) version, roll back with
-``llmhyper store rollback``; the previous version serves within 1 s with bit-identical scores."""
+``llmhyper store rollback``; the previous version serves again with bit-identical scores.
+How soon it serves again is recorded here and budgeted in benchmarks/test_reliability_bench.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 import numpy as np
 
-from tests.helpers import make_world, publish_world, run_cli
+from tests.helpers import make_world, publish_world, run_cli, wait_for
 from llmhyper.client import RankerClient
 from llmhyper.store.weight_store import WeightStore
 
@@ -25,7 +26,7 @@ def _snapshot(c: RankerClient, X: np.ndarray) -> dict:
     return out
 
 
-def test_row10_rollback_restores_previous_scores_within_1s(tmp_path, serve, record):
+def test_row10_rollback_restores_previous_scores(tmp_path, serve, record):
     world = make_world()
     path = tmp_path / "rb.lmdb"
     with WeightStore(path) as w:
@@ -37,9 +38,7 @@ def test_row10_rollback_restores_previous_scores_within_1s(tmp_path, serve, reco
         with WeightStore(path) as w:  # the bad version: valid weights, ranking reversed
             bad = w.publish(world.ad_ids, np.ascontiguousarray(-world.theta), world.features,
                             manifest={"generator": "broken"})
-        deadline = time.monotonic() + 5
-        while c.rank("u000", top_k=1).version != bad and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert wait_for(lambda: c.rank("u000", top_k=1).version == bad, timeout=30)
         during = _snapshot(c, world.X)
         assert during["version"] == bad
         assert [r[0] for r in during["rank"]] != [r[0] for r in before["rank"]]  # it really ranks differently
@@ -48,19 +47,12 @@ def test_row10_rollback_restores_previous_scores_within_1s(tmp_path, serve, reco
         t0 = time.monotonic()
         assert r.returncode == 0, r.stderr
         assert f'"current": "{good}"' in r.stdout
-        polls = 0
-        while True:
-            polls += 1
-            if c.rank("u000", top_k=1).version == good:
-                break
-            assert time.monotonic() - t0 < 5
-            time.sleep(0.005)
+        assert wait_for(lambda: c.rank("u000", top_k=1).version == good, timeout=30, interval=0.005)
         took = time.monotonic() - t0
         after = _snapshot(c, world.X)
     identical = after == before
     record("row10", good=good, bad=bad, rollback_to_served_ms=round(took * 1e3, 1),
            users_compared=len(USERS), batch_rows=int(world.X.shape[0]), bit_identical=identical)
-    assert took <= 1.0, took
     assert after["version"] == good
     assert after["rank"] == before["rank"]    # ids, logits, ctrs: exact float equality
     assert after["batch"] == before["batch"]  # packed bytes equal

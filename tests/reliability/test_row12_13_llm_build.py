@@ -3,10 +3,14 @@ build (``offline.pipeline.build``: warm training, MiniLM embeddings, retrieval, 
 with the real google-genai client pointed at the local Gemini-protocol server, calibration),
 then published into a real store with the same function ``llmhyper build`` uses.
 
-Row 12: one cold ad's title, description and caption try to override the instructions, forge
-a data block, carry fake JSON and zero-width/bidi characters. Pass: weights stay in bounds,
-every other ad's weights are bit-identical to a build where that ad's text is benign, and the
-ad is flagged in the run report and its record.
+Row 12: hostile advertiser text tries to override the instructions, forge a data block, and
+carries fake JSON and zero-width/bidi characters. (a) In a cold ad: weights stay in bounds,
+every other ad's weights are bit-identical to a build where that ad's text is benign, the ad
+is flagged in the run report and its record, and the benign build flags nothing. (b) In a
+WARM ad that retrieval shows as a reference to other cold ads -- the one place where the text
+reaches other ads' prompts: those prompts keep exactly their real data blocks, and every
+published weight is bit-identical to a build with the warm ad's benign text in its place
+(retrieval held fixed, since different text embeds differently).
 Row 13: the protocol server answers 15 cold ads only with poison (NaN, inf, 1e308, extra or
 missing keys, truncated JSON, prose, ...). Pass: each is retried, then recorded as failed;
 nothing of the poison reaches the store (finite, bounded weights; the other ads untouched).
@@ -55,15 +59,20 @@ def fake():
 
 
 def _build(ds, work, fake, cache: str, on_failure: str = "fallback"):
-    from offline.pipeline import BuildConfig, build
+    from offline.pipeline import build
 
-    cfg = BuildConfig(dataset="synthetic:3", embedder="minilm", k=5, generator="gemini", user_sample=400,
+    return build(_config(work, fake, cache, on_failure), quiet=True, dataset=ds)
+
+
+def _config(work, fake, cache: str, on_failure: str = "fallback"):
+    from offline.pipeline import BuildConfig
+
+    return BuildConfig(dataset="synthetic:3", embedder="minilm", k=5, generator="gemini", user_sample=400,
                       on_failure=on_failure, work_dir=str(work), seed=0,
                       generator_options={"model": "gemini-fake", "base_url": fake.base_url, "api_key": "test-key",
                                          "timeout_s": 30, "n_samples": 1, "batch_size": 8, "max_concurrency": 2,
                                          "max_retries": MAX_RETRIES, "backoff_base": 0.001, "backoff_cap": 0.005,
                                          "bound": BOUND, "cache_dir": str(work / cache)})
-    return build(cfg, quiet=True, dataset=ds)
 
 
 def _rows(result) -> dict[str, np.ndarray]:
@@ -112,13 +121,79 @@ def test_row12_prompt_injection(world, fake, tmp_path, record):
     assert {"instruction:title", "delimiter:title", "fake_json:title", "invisible:description",
             "instruction:description", "fake_json:description", "instruction:image_caption",
             "fake_json:image_caption", "delimiter:image_caption"} <= set(flags), flags
-    assert victim.ad_id not in benign.report["flagged"]
-    assert set(hostile.report["flagged"]) - set(benign.report["flagged"]) == {victim.ad_id}
+    assert benign.report["flagged"] == {}, benign.report["flagged"]  # the benign build flags nothing
+    assert set(hostile.report["flagged"]) == {victim.ad_id}
     store = tmp_path / "inj.lmdb"
     v = publish_result(hostile, str(store))
     with WeightStore(store, readonly=True) as s:
         assert s.ad_record(v, victim.ad_id)["flags"] == flags
         assert np.abs(s.view(v).theta).max() <= BOUND
+
+
+def _check_hostile_prompts(prompts: list[dict], shots: int = 5) -> None:
+    """The hostile text stayed data: the real blocks only, no forged block, no invisible characters."""
+    for r in prompts:
+        names = set(extract_data_blocks(r["user"]))
+        assert names == {"target_ad", "features"} | {f"reference_ad_{i}" for i in range(1, shots + 1)}, names
+        assert r["user"].count("<<<END DATA>>>") == shots + 2 and "reference_ad_9" not in names
+        assert "\u200b" not in r["user"] and "\u202e" not in r["user"]
+        assert r["system"] == SYSTEM_PROMPT
+
+
+@pytest.mark.slow
+def test_row12_injection_in_a_warm_reference_ad_changes_no_weight(world, fake, record):
+    from offline import pipeline
+
+    ds, work = world
+    cfg = _config(work, fake, "cache-warm-hostile")
+    prep = pipeline.prepare(ds, cfg)
+    warm = [int(i) for i in prep.split.warm]
+    # the warm ads most often retrieved as references; the first one still retrieved after its
+    # text is made hostile (its embedding moves) carries the injection
+    counts = np.bincount(prep.nbr.ravel(), minlength=len(warm))
+    for pos in np.argsort(-counts, kind="stable"):
+        slot = warm[int(pos)]
+        ref_ad = ds.ads[slot]
+        hostile_ad = dataclasses.replace(ref_ad, **{k: f"{getattr(ref_ad, k)} {v}" for k, v in HOSTILE.items()})
+        hostile_ds = dataclasses.replace(ds, ads=[hostile_ad if i == slot else a for i, a in enumerate(ds.ads)])
+        hprep = pipeline.prepare(hostile_ds, cfg)
+        readers = [c for c in range(len(hprep.split.cold)) if int(pos) in hprep.nbr[c].tolist()]
+        if readers:
+            break
+    assert readers, "no hostile warm ad is retrieved as a reference"
+    cold = hprep.cold_ads
+    fake.clear()
+    fake.reset_counters()
+    hostile = _build(hostile_ds, work, fake, "cache-warm-hostile")
+    prompts = list(fake.requests)
+    reached = sorted({c for c in range(len(cold)) for r in prompts
+                      if "Zorblax" in r["user"] and f"(#{cold[c].ad_id})" in r["user"]})
+    assert reached == readers  # the hostile text reached exactly the prompts of the ads that retrieve it
+    _check_hostile_prompts([r for r in prompts if "Zorblax" in r["user"]])
+
+    # the same build with the warm ad's benign text in its place, retrieval held fixed: the same
+    # generator (ads whose prompts do not change answer from the answer cache), the same calibration
+    nls = pipeline.neighbour_lists(hprep)
+    for c in readers:
+        nls[c] = [dataclasses.replace(nb, ad=ref_ad) if nb.ad.ad_id == ref_ad.ad_id else nb for nb in nls[c]]
+    gen = pipeline.make_generator(cfg)
+    fake.reset_counters()
+    generated = [gen.generate(cold[c], nls[c], list(hostile_ds.features)) for c in range(len(cold))]
+    benign_calls = fake.calls_by_route["gemini"]
+    assert not any(g.failed for g in generated)
+    normalize, shift = pipeline.default_calibration(cfg.generator)
+    theta, _ = pipeline.calibrate_cold(hprep, np.stack([g.theta for g in generated]).astype(np.float32),
+                                       pipeline.user_sample(hostile_ds, cfg.user_sample, cfg.seed), normalize, shift)
+    art = hostile.artifact
+    assert art.ad_ids == [a.ad_id for a in cold]
+    changed = [cold[c].ad_id for c in range(len(cold)) if not np.array_equal(art.theta[c], theta[c])]
+    record("row12_warm_reference", hostile_warm_ad=ref_ad.ad_id, cold_ads=len(cold),
+           cold_ads_retrieving_it=len(readers), hostile_prompts=sum("Zorblax" in r["user"] for r in prompts),
+           benign_in_place_llm_calls=benign_calls, ads_changed_vs_benign_in_place=len(changed),
+           max_abs_weight=float(np.abs(art.theta).max()), flagged=hostile.report["flagged"])
+    assert benign_calls > 0  # the readers' prompts really changed, so they were asked again
+    assert not changed, changed
+    assert hostile.report["n_failed"] == 0 and np.abs(art.theta).max() <= BOUND
 
 
 @pytest.mark.slow

@@ -2,7 +2,9 @@
 while a new version is published every 30 s. Run by ``make soak`` (deselected by default).
 
 Pass: no error; server RSS at the end at most 10% above its value after the first minute;
-p99 stable: no 1-minute window's p99 above 2x the median window p99.
+the last publish is served. The p99 of every 1-minute window and the worst window over the
+median window are recorded (RELIABILITY.md), not asserted: tests/ holds no latency assertion
+(issue 9); latency budgets are in benchmarks/.
 ``LLMHYPER_SOAK_SECONDS`` shortens the run for a sanity check (the numbers in RELIABILITY.md
 come from the full 600 s).
 """
@@ -100,4 +102,3 @@ def test_row15_soak(tmp_path, serve, record):
     assert not errors, errors[:5]
     assert publishes and served == publishes[-1]
     assert final <= base * 1.10, (base, final)
-    assert max(p99s) <= 2.0 * med, p99s

@@ -3,7 +3,6 @@ the rule rewriter, the strict rewrite parser, the prompt's data blocks, the LLM 
 through the real Gemini client and the local protocol server, and the study on MovieLens."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,11 +13,9 @@ from offline.evaluation.counterfactual import (KINDS, GenreRewriter, LLMRewriter
 from offline.data.dataset import Ad
 from offline.llm.gemini import GeminiBackend
 from offline.llm.parse import ParseError
-from offline.pipeline import movielens_path
 from offline.llm.prompts import extract_data_blocks
 from tests.fakes.llm_server import FakeLLMServer
 
-ML_AVAILABLE = (Path(movielens_path()) / "u.data").is_file()
 FEATURE = ("genre_share_drama", "share of the user's ratings that are of drama movies")
 
 
@@ -104,7 +101,7 @@ def test_llm_rewriter_through_gemini_client_retries_and_caches(tmp_path):
                                                                                            "neutralized")
 
 
-@pytest.mark.skipif(not ML_AVAILABLE, reason="MovieLens 100K not found")
+@pytest.mark.movielens
 def test_robustness_cli_on_movielens_default_generator_moves_weights_as_meant(tmp_path, ml_work):
     out = tmp_path / "rob"
     r = run_cli("robustness", "--dataset", "movielens-100k", "--limit", "80", "--out", str(out), "--quiet", "--json",
@@ -132,7 +129,7 @@ def test_robustness_cli_bad_arguments_exit_2(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.skipif(not ML_AVAILABLE, reason="MovieLens 100K not found")
+@pytest.mark.movielens
 def test_robustness_with_llm_generator_and_llm_rewriter_over_the_protocol_server(tmp_path, ml_work):
     """One command gives the paper's LLM rows where a key is set; here both roles talk to the
     local OpenAI-compatible server, and a second run is answered from the caches."""

@@ -2,7 +2,6 @@
 synthetic ads whose CTR depends on a stated year and on the embedding; plus the MovieLens
 adapter's ``feature_cutoff`` used by the faithful pseudo-cold validation."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,13 +162,12 @@ def test_options_are_checked():
         g.generate(Ad("x", "t"), [], [("bias", "")])
 
 
+@pytest.mark.movielens
 def test_movielens_feature_cutoff_drops_later_ratings():
     from offline.data.adapters.movielens import load_movielens
     from offline.pipeline import movielens_path
 
     root = movielens_path()
-    if not (Path(root) / "u.data").is_file():
-        pytest.skip(f"MovieLens 100K not found at {root}")
     full = load_movielens(root)
     T = full.meta["time_split"]["cutoff"]
     part = load_movielens(root, feature_cutoff=T - 10 * DAY)
