@@ -156,3 +156,18 @@ def load_rules_arg(path: str | None, ad_ids: Sequence[str], feature_names: Seque
         return load_rules_file(path, ad_ids, feature_names)
     except RulesFileError as e:
         raise CLIError(f"invalid rules file {path}: {e}") from None
+
+
+def parse_kv_options(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """``KEY=JSON`` items (repeatable options) as a dict; a value that is not JSON stays a string.
+    Raises CLIError naming ``flag`` for an item without ``=`` or key."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"{flag} must be KEY=JSON, got {item!r}")
+        try:
+            out[key] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key] = val
+    return out

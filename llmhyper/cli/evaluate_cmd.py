@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
+from llmhyper.cli.common import parse_kv_options
 from llmhyper.cli.registry import command
 
 
@@ -80,23 +80,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"llmhyper evaluate: error: {msg}", file=sys.stderr)
         return 2
 
-    def parse_options(items: list[str], flag: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for item in items:
-            key, sep, val = item.partition("=")
-            if not sep or not key:
-                raise ValueError(f"{flag} must be KEY=JSON, got {item!r}")
-            try:
-                out[key] = json.loads(val)
-            except json.JSONDecodeError:
-                out[key] = val
-        return out
-
-    try:
-        opts = parse_options(args.option, "--option")
-        default_opts = parse_options(args.default_option, "--default-option")
-    except ValueError as e:
-        return bad(str(e))
+    opts = parse_kv_options(args.option, "--option")  # CLIError: exit 2 naming the flag
+    default_opts = parse_kv_options(args.default_option, "--default-option")
     if args.model:
         opts["model"] = args.model
     if args.base_url:

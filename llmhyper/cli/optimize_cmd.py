@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
+from llmhyper.cli.common import parse_kv_options
 from llmhyper.cli.registry import CLIError, RuntimeFailure, command
 
 
@@ -39,19 +39,6 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the search table as JSON")
 
 
-def _options(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--option must be KEY=JSON, got {item!r}")
-        try:
-            out[key] = json.loads(val)
-        except json.JSONDecodeError:
-            out[key] = val
-    return out
-
-
 @command("optimize-prompt", "search prompt variants x shots on retired ads only; write a versioned prompt file",
          _args)
 def _optimize(args: argparse.Namespace) -> int:
@@ -62,7 +49,7 @@ def _optimize(args: argparse.Namespace) -> int:
     from offline.llm import BACKEND_KEYS, make_backend
     from offline.pipeline import BuildConfig, BuildError, load_source, prepare
 
-    opts = _options(args.option)
+    opts = parse_kv_options(args.option, "--option")
     if args.model:
         opts["model"] = args.model
     if args.base_url:
