@@ -24,7 +24,8 @@ from pydantic import Field, field_validator
 
 from offline.data.artifact import UserTable, WeightArtifact
 from offline.data.cache import content_hash, load_npy, save_npy_atomic
-from offline.data.dataset import Dataset, Split, load_dataset
+from offline.data.dataset import Dataset, Split
+from offline.data.reader import load_dataset
 from offline.config import StrictConfig
 from offline.errors import InputError
 from offline.generators import registry

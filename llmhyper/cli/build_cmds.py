@@ -206,7 +206,7 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from offline.data.adapters.synthetic import make_synthetic
-    from offline.data.dataset import save_dataset
+    from offline.data.writer import save_dataset
     from offline.pipeline import BuildConfig, build
 
     root = Path(args.dir).resolve()

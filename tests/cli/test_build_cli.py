@@ -90,7 +90,7 @@ def test_build_on_a_malformed_dataset_exits_2_naming_it(column, bad, needle, tmp
     import csv
 
     from offline.data.adapters.synthetic import make_synthetic
-    from offline.data.dataset import save_dataset
+    from offline.data.writer import save_dataset
 
     ds, _ = make_synthetic(seed=1)
     root = tmp_path / "ds"

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from offline.data.cache import file_sha256
-from offline.data.dataset import Ad, Dataset, DatasetError, save_dataset
+from offline.data.dataset import Ad, Dataset, DatasetError
+from offline.data.writer import save_dataset
 from offline.errors import InputError
 from offline.data.features import BIAS_DESCRIPTION, BIAS_NAME
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from offline.data.adapters.synthetic import CATEGORY_NAMES, make_synthetic
-from offline.data.dataset import Dataset, DatasetError, load_dataset, parse_time, save_dataset
+from offline.data.dataset import Dataset, DatasetError, parse_time
+from offline.data.reader import load_dataset
+from offline.data.writer import save_dataset
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 
 from offline.data.adapters import DEFAULT_MOVIELENS_PATH
 from offline.data.adapters.movielens import GENRES, MovieLensNotFound, convert_movielens, load_movielens
-from offline.data.dataset import DatasetError, load_dataset
+from offline.data.dataset import DatasetError
+from offline.data.reader import load_dataset
 
 ML = Path(DEFAULT_MOVIELENS_PATH)
 pytestmark = pytest.mark.movielens  # tests/movielens_gate.py: fails under CI=true without the data
