@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+from pydantic import ConfigDict, Field
+
+from offline.config import StrictConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from offline.data.dataset import Ad
@@ -51,25 +53,23 @@ CATEGORY_CAP = 80
 FEATURE_DEF_CAP = 300
 
 
-@dataclass(frozen=True)
-class PromptConfig:
-    """Prompt options. shots: reference ads shown (0 = zero-shot); use_caption: include image
-    captions; reasoning: ask for rationale + analysis (paper Fig. 6 idea); bound: max |weight|
-    stated to the model (the parser enforces the same bound)."""
+class PromptConfig(StrictConfig):
+    """Prompt options, checked on construction (pydantic; unknown keys and bad values raise
+    :class:`~offline.config.ConfigError` naming the field) and immutable afterwards.
 
-    shots: int = 5
+    shots: reference ads shown (0 = zero-shot); use_caption: include image captions; reasoning:
+    ask for rationale + analysis (paper Fig. 6 idea); bound: max |weight| stated to the model
+    (the parser enforces the same bound)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    shots: int = Field(default=5, ge=0)
     use_caption: bool = True
     reasoning: bool = False
-    bound: float = 10.0
+    bound: float = Field(default=10.0, gt=0)
     include_description: bool = True
     instruction: str = ""  # extra guidance from a prompt file (offline/llm/prompt_file.py); ours, not the ad's
     version: str = PROMPT_VERSION  # the prompt file's version when one is used
-
-    def __post_init__(self) -> None:
-        if self.shots < 0:
-            raise ValueError(f"shots must be >= 0, got {self.shots}")
-        if not (math.isfinite(self.bound) and self.bound > 0):
-            raise ValueError(f"bound must be a positive finite number, got {self.bound}")
 
 
 @dataclass(frozen=True)
@@ -302,14 +302,16 @@ def build_prompt(
     neighbours: Sequence["Neighbour"],
     batch: Sequence[tuple[str, str]],
     feature_index: Mapping[str, int],
-    config: PromptConfig = PromptConfig(),
+    config: PromptConfig | None = None,
 ) -> Prompt:
     """Render the request for one (ad, feature batch).
 
     ad: the target (cold) ad. neighbours: retrieved warm ads (``.ad``, ``.theta`` f32[F],
     ``.similarity``); the ``config.shots`` most similar are shown. batch: (name, definition)
-    pairs of this request's features. feature_index: name -> column of ``theta``.
+    pairs of this request's features. feature_index: name -> column of ``theta``. config: the
+    prompt options (default :class:`PromptConfig()`).
     """
+    config = config if config is not None else PromptConfig()
     keys = tuple(name for name, _ in batch)
     if not keys:
         raise ValueError("feature batch is empty")
