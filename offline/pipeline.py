@@ -343,7 +343,7 @@ def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None)
             **cal_info[c],
         }
         if g.failed and cfg.on_failure == "fallback":
-            rec["fallback"] = "knn"
+            rec["fallback"] = registry.DEFAULT_GENERATOR  # the generator whose weights stand in
         if keep[c]:  # an excluded ad's failure stays in manifest["failed"] and the run report
             records[ad.ad_id] = rec
             ad_ids.append(ad.ad_id)

@@ -36,7 +36,7 @@ class Generated:
     per-sample weights (NaN where a sample was rejected). spread: f32[F] std across samples.
     cost: counters -- calls, retries, invalid, cache_hits, input_tokens, output_tokens,
     llm_seconds, backoff_seconds, errors {reason: count}. failed: reason or None.
-    flags: prompt-injection flags of the ad text. fallback: "knn" if theta is the KNN fallback.
+    flags: prompt-injection flags of the ad text. fallback: the config name of the generator whose weights stand in for a failed ad's (e.g. "knn-raw"), else None.
     analysis: the model's short ad analysis (reasoning mode). judge: verdicts of the LLM judge
     (offline/generators/judging.py), None when the judge is off.
     """

@@ -231,7 +231,7 @@ class Evaluator:
                 for g in generated:
                     for key in ("calls", "retries", "invalid", "input_tokens", "output_tokens"):
                         cost[key] = cost.get(key, 0) + (g.cost or {}).get(key, 0)
-                self.llm_info[name] = {"n_failed": n_failed, "seconds": time.perf_counter() - t0, "cost": cost,
+                self.llm_info[name] = {"n_failed": n_failed, "fallback": knn.name, "seconds": time.perf_counter() - t0, "cost": cost,
                                        "model": getattr(getattr(gen, "backend", None), "model", None)}
                 from offline.evaluation.consistency import llm_row_consistency  # paper eq. 5
 

@@ -43,7 +43,7 @@ class LLMGenerator(RetryingLLM):
     on simultaneous backend calls (and generate_all's worker count). seed: base sampling seed
     (sample s is sent seed + s). bias_mode: "neighbours" (intercept from the KNN mix, not asked)
     or "llm" (batched like any feature). on_failure: "exclude" (theta NaN; the caller drops the
-    ad) or "knn" (theta = KNN weights, ``fallback="knn"``); ``failed`` holds the reason either
+    ad) or "knn" (theta = the raw kNN weights, ``fallback="knn-raw"``, the name of the generator that stood in); ``failed`` holds the reason either
     way. min_samples: accepted samples needed per batch (default all n_samples). sleep:
     injectable sleep function (tests).
     """
@@ -242,7 +242,7 @@ class LLMGenerator(RetryingLLM):
         fallback = None
         if failed is not None:
             if self.on_failure == "knn" and knn is not None:
-                theta, fallback = knn.theta.astype(np.float64), "knn"
+                theta, fallback = knn.theta.astype(np.float64), self.knn.name
             else:
                 theta = np.full(F, np.nan)
         return Generated(

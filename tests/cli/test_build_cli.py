@@ -184,7 +184,7 @@ def test_failed_llm_ad_falls_back_to_knn_weights_calibrated_as_knn(tmp_path: Pat
                                              "cache_dir": str(tmp_path / "llm-cache")})  # no answers from other tests
         res = build(cfg, quiet=True, dataset=ds)
     recs = res.artifact.ad_records
-    assert recs[bad.ad_id]["failed"] and recs[bad.ad_id]["fallback"] == "knn"
+    assert recs[bad.ad_id]["failed"] and recs[bad.ad_id]["fallback"] == "knn-content"
     assert recs[bad.ad_id]["alpha"] is None and recs[bad.ad_id]["scale"] == 1.0
     good = [a for a in res.artifact.ad_ids if a != bad.ad_id]
     assert good and all(recs[a]["alpha"] is not None and recs[a]["scale"] != 1.0 for a in good)

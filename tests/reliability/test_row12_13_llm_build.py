@@ -239,7 +239,7 @@ def test_row13_poisoned_output_never_reaches_the_store(world, fake, tmp_path, re
         assert f"gave up after {MAX_RETRIES + 1} attempts" in failed[a] and "invalid answer" in failed[a]
         assert recs[a]["failed"] == failed[a] and stored_recs[a]["failed"] == failed[a]
         assert recs[a]["cost"]["invalid"] == MAX_RETRIES + 1 and recs[a]["cost"]["retries"] == MAX_RETRIES
-        assert stored_recs[a]["fallback"] == "knn"
+        assert stored_recs[a]["fallback"] == "knn-content"
     assert all(np.isfinite(r).all() and np.abs(r).max() <= BOUND for r in stored.values())
     assert len(untouched) == len(stored) - len(poisoned)
 

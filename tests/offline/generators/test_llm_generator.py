@@ -196,7 +196,7 @@ def test_persistent_poison_marks_ad_failed(server, tmp_path):
     # the caller may instead fall back to the KNN weights (failure still recorded)
     gen_knn = llm(server, tmp_path / "c", max_retries=1, n_samples=1, on_failure="knn")
     fb = gen_knn.generate(ads[1], nbs[1], FEATS)
-    assert fb.failed and fb.fallback == "knn" and fb.usable
+    assert fb.failed and fb.fallback == "knn-raw" and fb.usable
     assert np.array_equal(fb.theta, RawKNNGenerator().generate(ads[1], nbs[1], FEATS).theta)
 
 

@@ -103,6 +103,6 @@ def test_missing_or_bad_image_fails_only_that_ad(server, tmp_path):
     assert np.all(np.isnan(res[0].theta)) and res[2].failed is None and np.all(np.isfinite(res[2].theta))
     assert server.calls_by_route["gemini"] == 1  # no call was made for the two failed ads
     fb = gen(be, tmp_path / "c", on_failure="knn").generate(ads[0], nbs[0], SMALL)
-    assert fb.fallback == "knn" and np.all(np.isfinite(fb.theta))
+    assert fb.fallback == "knn-raw" and np.all(np.isfinite(fb.theta))
     with pytest.raises(ImageError, match="does not exist"):
         load_image(tmp_path / "nope.webp")

@@ -144,7 +144,7 @@ def test_poisoned_judge_answers_are_retried_then_fail_the_ad(tmp_path):
             ads[0], nbs[0], FEATS)
     assert bad.failed.startswith("judge batch 0") and np.all(np.isnan(bad.theta))  # never published
     assert bad.cost["invalid"] == 3 and bad.judge["verdicts"] == {}  # no verdict accepted
-    assert fb.fallback == "knn" and np.all(np.isfinite(fb.theta))
+    assert fb.fallback == "knn-raw" and np.all(np.isfinite(fb.theta))
 
 
 def test_judged_job_resumes_without_repeating_a_call(tmp_path):
