@@ -14,8 +14,11 @@ definitions. Fitting reads retired (warm) ads only.
   (:class:`~offline.data.content.ContentEncoder`) scored at the cutoff, are combined by least
   squares fitted on an internal pseudo-cold split of the retired ads (the latest
   ``stack_frac``), then quantile-mapped onto those held-out ads' log-odds distribution.
-* ``auto_drift``: at ``fit``, the drift corrections are kept only if the dataset's own retired
-  ads say they help (:func:`offline.selection.select.select_config`).
+* ``auto_select``: at ``fit``, each component (the drift corrections, the intercept model) is
+  kept only if the dataset's own retired ads say it helps, and only in a combination that beats
+  raw kNN on *every* part of the retired-only objective (AUC, NDCG@10, per-ad AUC), not just on
+  their sum (:func:`offline.selection.select.guarded_choice`). When no combination does, the
+  generator writes raw kNN's weights.
 
 How the defaults were chosen, and the options that lost and were removed, are in the README
 ("How the default generator was chosen").
@@ -36,7 +39,7 @@ from offline.data.content import DAY, ContentEncoder
 from offline.generators.common import deterministic, logit_ctr
 from offline.generators.knn import RawKNNGenerator
 from offline.selection.folds import validation_folds
-from offline.selection.select import select_config
+from offline.selection.select import SELECTION_OBJECTIVE, guarded_choice, select_config
 from offline.stages.calibrate import solve_shift
 from offline.types import Generated, Neighbour, check_neighbours
 
@@ -131,8 +134,9 @@ class ContentKNNConfig(StrictConfig):
     around its centre; ``content_embedding``: the content model uses the embedding (else metadata
     only); ``recency_interactions``: add recency x metadata columns to it; ``ridge_l2``: its ridge
     penalty (standardised columns); ``recency_scale_days``: sample weight exp(recency / scale) of
-    retired ads (None = uniform); ``user_sample``: users in the intercept shift; ``auto_drift``:
-    keep the drift corrections only if the retired ads' validation folds say they help.
+    retired ads (None = uniform); ``user_sample``: users in the intercept shift; ``auto_select``
+    (formerly ``auto_drift``, still accepted): choose which components to keep on the retired
+    ads' validation folds, guarded by raw kNN (module docstring).
     """
 
     k: Count = 20
@@ -152,9 +156,11 @@ class ContentKNNConfig(StrictConfig):
     recency_interactions: bool = False
     user_sample: Count = 2000
     seed: Annotated[int, BeforeValidator(_integral)] = 0
-    auto_drift: bool = True
+    auto_select: bool = True
 
 
+# raw kNN as the evaluation reports it (the row a default must not fall below)
+RAW_REFERENCE_K = 10
 INTERCEPTS = ("stacked", "neighbour_ctr", "content", "neighbours")
 
 
@@ -170,6 +176,8 @@ class ContentKNNGenerator:
     name = "knn-content"
 
     def __init__(self, config: ContentKNNConfig | None = None, **kwargs: Any) -> None:
+        if "auto_drift" in kwargs:  # the option's name before it also chose the intercept model
+            kwargs["auto_select"] = kwargs.pop("auto_drift")
         unknown = sorted(set(kwargs) - set(ContentKNNConfig.model_fields))
         if unknown:
             raise ConfigError(f"unknown ContentKNNGenerator option {unknown[0]!r}; known: "
@@ -177,6 +185,7 @@ class ContentKNNGenerator:
         base = config.model_dump() if config is not None else {}
         self.cfg = ContentKNNConfig(**{**base, **kwargs})
         self._fitted = False
+        self.raw: RawKNNGenerator | None = None  # set when selection found raw kNN unbeaten
 
     def config(self) -> dict:
         """The settings (and, once fitted, the stacked intercept coefficients), for the manifest."""
@@ -272,31 +281,56 @@ class ContentKNNGenerator:
     def fit(self, prep: "Prepared", users: np.ndarray | None = None) -> "ContentKNNGenerator":
         """Fit on a prepared build (retired ads only); ``users``: user indices for the shift sample.
 
-        With ``auto_drift`` (and drift on), first choose between the configured drift settings
-        and drift off on pseudo-cold folds of the retired ads (see :class:`ContentKNNConfig`);
-        the scores are kept in ``self.selection`` and the manifest (:attr:`config`)."""
+        With ``auto_select``, first choose the components to keep on pseudo-cold folds of the
+        retired ads (:meth:`_choose_components`); the scores are kept in ``self.selection`` and
+        the manifest (:attr:`config`)."""
         ds, sp = prep.dataset, prep.split
-        if self.cfg.auto_drift and (self.cfg.drift or self.cfg.ctr_drift):
-            self._choose_drift(prep)
+        if self.cfg.auto_select:
+            self._choose_components(prep)
         X = ds.X if users is None else ds.X[np.asarray(users)]
         ids = ds.ad_ids
         emb_by_id = {ids[i]: prep.emb[i] for i in range(len(ids))}
         return self.fit_arrays(prep.warm_theta, prep.warm_ctr, ds.launched_at[sp.warm], prep.emb[sp.warm],
                                sp.cutoff, X, emb_by_id, warm_ads=[ds.ads[i] for i in sp.warm])
 
-    def _choose_drift(self, prep: "Prepared") -> None:
-        base = self.cfg.model_dump(exclude={"auto_drift"})
-        candidates = {"drift as configured": {**base, "auto_drift": False},
-                      "drift off": {**base, "drift": False, "ctr_drift": False, "auto_drift": False}}
+    def _choose_components(self, prep: "Prepared") -> None:
+        """Score every combination of the configured components (drift on/off where drift is on,
+        intercept model on/off where it is not ``neighbours``) and raw kNN on the retired ads'
+        folds; keep the best combination that beats raw kNN on every part of the objective
+        (:func:`guarded_choice`), else write raw kNN's weights (``self.raw``)."""
+        c = self.cfg
+        base = c.model_dump(exclude={"auto_select"})
+        drifts = [True, False] if (c.drift or c.ctr_drift) else [False]
+        models = [True, False] if c.intercept != "neighbours" else [False]
+        candidates: dict[str, dict] = {}
+        for d in drifts:
+            for m in models:
+                opts = {**base, "auto_select": False}
+                if not d:
+                    opts.update(drift=False, ctr_drift=False)
+                if not m:
+                    opts["intercept"] = "neighbours"
+                name = ("drift " + ("as configured" if d else "off")) + (
+                    ", intercept " + ("model" if m else "from neighbours") if c.intercept != "neighbours" else "")
+                candidates[name] = opts
         try:
             folds = validation_folds(prep)
         except ValueError as e:  # too few retired ads to hold some out: keep the configuration
             self.selection = {"skipped": str(e)}
             return
-        best, table = select_config(prep, candidates, folds, ContentKNNGenerator, k_retrieve=self.cfg.k)
-        self.selection = {"chosen": best, "objective": {n: round(m["objective"], 4) for n, m in table.items()}}
-        if best == "drift off":
-            self.cfg.drift = self.cfg.ctr_drift = False
+        _, table = select_config(prep, candidates, folds, ContentKNNGenerator, k_retrieve=c.k)
+        ref_name, ref = "knn-raw", select_config(prep, {"knn-raw": {"k": RAW_REFERENCE_K}}, folds,
+                                                 RawKNNGenerator, k_retrieve=c.k)[1]["knn-raw"]
+        best = guarded_choice(table, ref)
+        parts = {n: {k: round(m[k], 4) for k in (*SELECTION_OBJECTIVE, "objective")}
+                 for n, m in {**table, ref_name: ref}.items()}
+        self.selection = {"chosen": best or ref_name, "rule": "best objective among candidates that beat "
+                          "knn-raw on every part of it", "metrics": parts}
+        if best is None:
+            self.raw = RawKNNGenerator(k=RAW_REFERENCE_K)
+            return
+        for key in ("drift", "ctr_drift", "intercept"):
+            setattr(self.cfg, key, candidates[best][key])
 
     def register_embedding(self, ad_id: str, emb: np.ndarray) -> None:
         """Make the content embedding f[d] of an ad the generator was not fitted with known (e.g.
@@ -346,6 +380,8 @@ class ContentKNNGenerator:
         if features[0][0] != "bias":
             raise ValueError(f"features[0] must be the intercept 'bias', got {features[0][0]!r}")
         check_neighbours(ad, neighbours, F)
+        if self.raw is not None:  # selection found no combination that beats raw kNN
+            return self.raw.generate(ad, neighbours, features)
         order = sorted(range(len(neighbours)), key=lambda i: (-float(neighbours[i].similarity), i))[: c.k]
         T = np.stack([np.asarray(neighbours[i].theta, dtype=np.float64) for i in order])
         w = RawKNNGenerator(temperature=c.temperature).mix_weights(

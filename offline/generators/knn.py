@@ -5,7 +5,7 @@ uniform). Deterministic, no LLM; the LLM generator's fallback and the simplest b
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,11 @@ class RawKNNGenerator:
         if k is not None and k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.weighting, self.temperature, self.power, self.k = weighting, float(temperature), float(power), k
+
+    def fit_arrays(self, *args: Any, **kwargs: Any) -> "RawKNNGenerator":
+        """Nothing to fit (the weights come from the neighbours given to :meth:`generate`); present
+        so that model selection can score raw kNN on validation folds like any fitted generator."""
+        return self
 
     def config(self) -> dict:
         """The settings, for the manifest."""

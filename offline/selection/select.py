@@ -18,7 +18,7 @@ from offline.types import Generated, Neighbour
 if TYPE_CHECKING:  # pragma: no cover
     from offline.stages.prepared import Prepared
 
-__all__ = ["FoldGenerator", "SELECTION_OBJECTIVE", "score_fold", "select_config"]
+__all__ = ["FoldGenerator", "SELECTION_OBJECTIVE", "guarded_choice", "score_fold", "select_config"]
 
 
 class FoldGenerator(Protocol):
@@ -82,3 +82,21 @@ def select_config(prep: "Prepared", candidates: dict[str, dict], folds: Sequence
         table[name] = m
     best = max(table, key=lambda n: table[n]["objective"])
     return best, table
+
+
+def guarded_choice(table: dict[str, dict[str, float]], reference: dict[str, float],
+                   objective: Sequence[str] = SELECTION_OBJECTIVE) -> str | None:
+    """The best candidate (highest sum of ``objective``) among those that beat ``reference`` on
+    *every* part of the objective, or None when none does.
+
+    table: name -> mean fold metrics (as :func:`select_config` returns); reference: the same
+    metrics of the baseline a candidate must dominate (raw kNN for the default generator). A
+    component that lifts the sum by trading one part away (e.g. pooled AUC up, NDCG@10 down) is
+    not kept. Ties go to the earlier candidate in ``table``'s order.
+    """
+    best: str | None = None
+    for name, m in table.items():
+        if all(m[k] > reference[k] for k in objective):
+            if best is None or m["objective"] > table[best]["objective"]:
+                best = name
+    return best

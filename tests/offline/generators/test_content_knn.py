@@ -177,25 +177,31 @@ def test_movielens_feature_cutoff_drops_later_ratings():
     assert np.array_equal(load_movielens(root, feature_cutoff=T + 1e9).X, full.X)
 
 
-def test_auto_drift_turns_drift_off_where_weights_do_not_drift(tmp_path):
+def test_selection_turns_drift_off_where_weights_do_not_drift(tmp_path):
     """The synthetic world's true weights do not change with launch time, so a fitted trend is
-    noise: the default generator's retired-only selection must switch drift off, and the result
-    must then target at least as well as raw kNN on the active ads (per-ad AUC on real clicks)."""
+    noise: the default generator's retired-only selection must switch drift off, keep only a
+    combination that beats raw kNN on every part of the objective, and the result must then
+    target at least as well as raw kNN on the active ads (per-ad AUC on real clicks)."""
     from offline import pipeline
     from offline import metrics
     from offline.generators.content_knn import ContentKNNGenerator
     from offline.generators.knn import RawKNNGenerator
+    from offline.selection.select import SELECTION_OBJECTIVE
 
     ds = pipeline.load_source("synthetic")
     prep = pipeline.prepare(ds, pipeline.BuildConfig(dataset="synthetic", work_dir=str(tmp_path)), quiet=True)
     gen = ContentKNNGenerator().fit(prep)
-    assert gen.selection["chosen"] == "drift off" and not gen.cfg.drift and not gen.cfg.ctr_drift
-    sel = gen.selection["objective"]
-    assert sel["drift off"] > sel["drift as configured"]
+    chosen = gen.selection["chosen"]
+    assert chosen.startswith("drift off") and not gen.cfg.drift and not gen.cfg.ctr_drift and gen.raw is None
+    table = gen.selection["metrics"]
+    assert len(table) == 5 and "knn-raw" in table  # 2 drift x 2 intercept settings + the reference
+    assert all(table[chosen][k] > table["knn-raw"][k] for k in SELECTION_OBJECTIVE)
+    beats = [n for n in table if n != "knn-raw" and all(table[n][k] > table["knn-raw"][k] for k in SELECTION_OBJECTIVE)]
+    assert table[chosen]["objective"] == max(table[n]["objective"] for n in beats)
     assert gen.config()["selection"] == gen.selection
 
-    forced = ContentKNNGenerator(auto_drift=False).fit(prep)  # drift kept, as configured
-    assert forced.cfg.drift and not getattr(forced, "selection", None)
+    forced = ContentKNNGenerator(auto_drift=False).fit(prep)  # the option's old name: drift kept, as configured
+    assert forced.cfg.drift and forced.cfg.intercept == "stacked" and not getattr(forced, "selection", None)
 
     Y = ds.labels(prep.split.cold)
     X = ds.X.astype(np.float64)
