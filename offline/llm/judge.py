@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from offline.data.cache import content_hash
-from offline.llm.parse import ParseError, loads_strict
+from offline.llm.parse import ParseError, check_keys, loads_strict
 from offline.llm.prompts import FEATURE_DEF_CAP, _ad_data, clean_text, data_block
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -159,13 +159,7 @@ def parse_judge(text: str, keys: Sequence[str]) -> JudgeAnswer:
     v = obj["verdicts"]
     if not isinstance(v, dict):
         raise ParseError("not_object", "verdicts must be an object {feature: {verdict, reason}}")
-    exp = list(keys)
-    missing = [k for k in exp if k not in v]
-    if missing:
-        raise ParseError("missing_keys", f"no verdict for feature(s) {missing}")
-    unknown = [k for k in v if k not in set(exp)]
-    if unknown:
-        raise ParseError("extra_keys", f"verdict for unknown feature(s) {[k[:60] for k in unknown[:10]]}")
+    exp = check_keys(v, keys, "no verdict for feature(s)", "verdict for unknown feature(s)")
     verdicts: dict[str, Verdict] = {}
     for k in exp:
         item = v[k]

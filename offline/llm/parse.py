@@ -108,18 +108,26 @@ def loads_strict(text: str) -> Any:
         raise ParseError("json_syntax", "nesting too deep") from e
 
 
+def check_keys(obj: dict, expected: Sequence[str], missing_msg: str, extra_msg: str) -> list[str]:
+    """Require exactly the ``expected`` keys in ``obj``: ParseError ``missing_keys`` ("<missing_msg>
+    [names]") or ``extra_keys`` ("<extra_msg> [first 10 names, each capped at 60 chars]").
+    Returns ``expected`` as a list, in order."""
+    exp = list(expected)
+    missing = [k for k in exp if k not in obj]
+    if missing:
+        raise ParseError("missing_keys", f"{missing_msg} {missing}")
+    expset = set(exp)
+    extra = [k for k in obj if k not in expset]
+    if extra:
+        raise ParseError("extra_keys", f"{extra_msg} {[k[:60] for k in extra[:10]]}")
+    return exp
+
+
 def check_weights(obj: Any, expected: Sequence[str], bound: float = DEFAULT_BOUND) -> dict[str, float]:
     """Validate a {feature: number} object: exactly ``expected`` keys, finite, |w| <= bound."""
     if not isinstance(obj, dict):
         raise ParseError("not_object", f"weights must be a JSON object, got {type(obj).__name__}")
-    exp = list(expected)
-    missing = [k for k in exp if k not in obj]
-    if missing:
-        raise ParseError("missing_keys", f"missing feature(s) {missing}")
-    expset = set(exp)
-    extra = [k for k in obj if k not in expset]
-    if extra:
-        raise ParseError("extra_keys", f"unexpected key(s) {[k[:60] for k in extra[:10]]}")
+    exp = check_keys(obj, expected, "missing feature(s)", "unexpected key(s)")
     out: dict[str, float] = {}
     for k in exp:
         v = obj[k]
