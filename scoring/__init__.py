@@ -372,8 +372,8 @@ def topk_batch_thompson(
         seeds = np.ascontiguousarray(seed, dtype=np.uint64)
     else:
         seeds = _t.row_seeds(_seed_u64(seed), X.shape[0])
-    return _t.topk_batch_thompson(theta, sigma, X, k, seeds, _mask(allow, theta.shape[0]),
-                                  *_rules(rules, theta), _check_bound(sigma_bound, sigma, True))
+    return _t.topk_batch_gemm(theta, sigma, X, k, seeds, _mask(allow, theta.shape[0]),
+                              *_rules(rules, theta), _check_bound(sigma_bound, sigma, True))
 
 
 def contributions(theta_row: np.ndarray, x: np.ndarray) -> np.ndarray:

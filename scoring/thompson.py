@@ -24,11 +24,19 @@ Cost: the mean dot is the mean path's own (bit for bit); the variance dot and th
 only computed for ads whose sample could still enter the top k. With the buffer full and the
 mean not above its last key, only z > 0 could lift the sample in, and z <= 0 exactly when
 u <= 1/2, so half of those ads cost the mean path plus one splitmix64. For the other
-half, given per-ad bounds ``bound[a] = ||sigma[a]||_2`` (:func:`sigma_row_norms`; the
-``scoring`` wrappers compute them per call when not given, a server once per version), the sample is at most
-``s + z * bound[a] * max_f |x_f|`` (times 1 + 1e-9 against rounding), and an ad whose bound
-stays at or below the k-th key is skipped too, without its variance. Both skips are exact:
-the ranking is the one of scoring every ad.
+half, given per-ad bounds ``bound[a] = ||sigma[a]||_2`` (:func:`sigma_row_norms`; a server
+computes them once per version, :func:`scoring.topk_batch_thompson` once per call when not
+given), the sample is at most ``s + z * bound[a] * max_f |x_f|`` (times 1 + 1e-9 against
+rounding); an ad whose gap d to the k-th key cannot be bridged is skipped without its
+variance. That test needs no quantile: with q = floor(2 d / (bound * max|x|)), a draw with
+u <= Phi(q / 2) - 1e-9 is below q / 2 (a 17-entry table). Both tests are evaluated together
+and branched on once (a branch on the coin flip u alone mispredicts half the time).
+
+Batches (:func:`topk_batch_gemm`, used for B >= GEMM_MIN_ROWS): one float32 sgemm per block of
+users gives every mean logit to within the proven bound of :mod:`scoring.batch`; an ad whose
+upper mean bound and sample bound stay at or below the row's k-th key is skipped before its
+exact float64 dot product. Every skip is exact: the ranking, logits and samples are those of
+scoring every ad (and of the twins).
 
 With ``sigma == 0`` the sample equals the mean logit exactly, so the ranking is the
 greedy one. Content rules and the allow mask work as in :mod:`scoring.kernels`.
@@ -61,6 +69,7 @@ _KW = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 _U64_1D = types.Array(types.uint64, 1, "C", readonly=True)
 _F64_1D = types.Array(types.float64, 1, "C", readonly=True)
 _BOUND_SLACK = 1.0 + 1e-9  # covers float64 rounding of the variance, sqrt and norm
+_NO_Z = np.zeros(0, np.float32)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -115,6 +124,25 @@ def _inv_normal(u):  # pragma: no cover - compiled
             / (((((_B0 * r + _B1) * r + _B2) * r + _B3) * r + _B4) * r + 1.0))
 
 
+#: _PHI_LO[q] = Phi(q / 2) - 1e-9: a draw from u <= _PHI_LO[q] is below q / 2, with room for
+#: the quantile approximation's error.
+_PHI_LO = np.array([0.5, 0.6914624612740131, 0.8413447460685429, 0.9331927987311419, 0.9772498680518208,
+                    0.9937903346742238, 0.9986501019683699, 0.9997673709209645, 0.9999683287581669,
+                    0.9999966023268753, 0.9999997133484281, 0.9999999810104375, 0.9999999990134123,
+                    0.99999999995984, 0.9999999999987201, 0.9999999999999681, 0.9999999999999993]) - 1e-9
+_PHI_LO.flags.writeable = False
+
+
+@njit(inline="always", **_KW)
+def _cannot_lift(u, d, bx):  # pragma: no cover - compiled
+    """True when a draw from u (> 1/2) times a std of at most bx cannot exceed d >= 0 (the gap
+    from the mean's upper bound to the k-th key), decided without the quantile: with
+    q = floor(2 d / bx) (at most 16), z = Phi^-1(u) < q / 2 whenever u <= _PHI_LO[q], and then
+    z * std < d. bx = 0 (no spread) or NaN (a NaN spread samples the mean): cannot lift."""
+    q = min(2.0 * d / bx, 16.0) if bx > 0.0 else 16.0
+    return u <= _PHI_LO[int(q)] or not (bx > 0.0)
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _sqdot64(sigma, i, xd):  # pragma: no cover - compiled
     """sum_f (float64(sigma[i, f]) * xd[f])**2: the sampled logit's variance (reassociated like
@@ -127,11 +155,14 @@ def _sqdot64(sigma, i, xd):  # pragma: no cover - compiled
 
 
 @njit(**_KW)
-def _sample_row(theta, sigma, xd, key, kk, allow, ex, bound, idx, lg, key_buf):
+def _sample_row(theta, sigma, xd, key, kk, allow, ex, bound, zr, tol, idx, lg, key_buf):
     """Top-kk eligible ads of one user by sampled logit, insertion buffer (any kk).
 
     xd: float64 [F] features; ex: the user's exclusion mask (uint8 [M] or length 0);
-    bound: float64 [M] ``||sigma[a]||_2`` (length 0: no bound, every candidate's variance).
+    bound: float64 [M] ``||sigma[a]||_2`` (length 0: no bound, every candidate's variance);
+    zr: float32 [M] sgemm logits of this user with |zr[a] - exact| <= tol (length 0: none).
+    With zr, an ad whose mean upper bound zr + tol and sample bound cannot reach the k-th
+    key is skipped before its exact dot product (the batch path; same result).
     Fills idx[:n], lg[:n] (MEAN logits) and key_buf[:n]
     (the sampled logits the order is by); returns n, or -1 on a non-finite theta row.
     """  # pragma: no cover - compiled
@@ -139,6 +170,7 @@ def _sample_row(theta, sigma, xd, key, kk, allow, ex, bound, idx, lg, key_buf):
     use_mask = allow.shape[0] != 0
     use_ex = ex.shape[0] != 0
     use_bound = bound.shape[0] != 0
+    use_z = zr.shape[0] != 0
     xmax = 0.0
     for j in range(xd.shape[0]):
         xmax = max(xmax, abs(xd[j]))
@@ -149,6 +181,14 @@ def _sample_row(theta, sigma, xd, key, kk, allow, ex, bound, idx, lg, key_buf):
             continue
         if use_ex and ex[i] != 0:
             continue
+        if use_z and n == kk:
+            thr = np.float64(key_buf[kk - 1])
+            up = np.float64(zr[i]) + tol  # >= the exact mean logit
+            if up <= thr:
+                u = _uniform(key, i)
+                # both tests evaluated, one branch: a coin-flip branch on u mispredicts half the time
+                if (u <= 0.5) | (use_bound and _cannot_lift(u, thr - up, bound[i] * xmax)):
+                    continue
         s = _dot64(theta, i, xd)
         if not _finite(s):
             return -1
@@ -158,14 +198,11 @@ def _sample_row(theta, sigma, xd, key, kk, allow, ex, bound, idx, lg, key_buf):
         # z > 0 (u > 1/2) could lift the sample in; skip the variance and the normal of the
         # others (about half of the ads). The result is unchanged.
         if n == kk and not (z > key_buf[kk - 1]):
-            if u <= 0.5:
-                continue
-            g = _inv_normal(u)
-            if use_bound and s + g * (bound[i] * xmax) <= key_buf[kk - 1]:
+            if (u <= 0.5) | (use_bound and _cannot_lift(u, key_buf[kk - 1] - s, bound[i] * xmax)):
                 continue  # even the widest spread the bound allows cannot lift it in
             v = _sqdot64(sigma, i, xd)
             if v > 0.0:
-                z = np.float32(s + g * np.sqrt(v))
+                z = np.float32(s + _inv_normal(u) * np.sqrt(v))
         else:
             v = _sqdot64(sigma, i, xd)
             if v > 0.0:
@@ -239,7 +276,7 @@ def topk_one_thompson(theta, sigma, x, k, seed, allow, fptr, fthr, fad, bound): 
     ex = np.zeros(theta.shape[0] if fptr.shape[0] != 0 else 0, np.uint8)
     if ex.shape[0] != 0:
         _exclusion_mask(fptr, fthr, fad, x.reshape((1, F)), 0, ex)
-    n = _sample_row(theta, sigma, xd, _splitmix64(seed), kk, allow, ex, bound, idx, lg, smp)
+    n = _sample_row(theta, sigma, xd, _splitmix64(seed), kk, allow, ex, bound, _NO_Z, 0.0, idx, lg, smp)
     if n < 0:
         raise ValueError(_THETA_BAD)
     _finish(idx, lg, pr, smp, n)
@@ -274,7 +311,7 @@ def topk_batch_thompson(theta, sigma, X, k, seeds, allow, fptr, fthr, fad, bound
         fired = _exclusion_mask(fptr, fthr, fad, X, b, ex) if has_rules else 0
         for j in range(F):
             xd[j] = X64[b, j]
-        n = _sample_row(theta, sigma, xd, _splitmix64(seeds[b]), kk, allow, ex, bound,
+        n = _sample_row(theta, sigma, xd, _splitmix64(seeds[b]), kk, allow, ex, bound, _NO_Z, 0.0,
                         idx[b], lg[b], smp[b])
         if fired:
             _clear_mask(fptr, fthr, fad, X, b, ex)
@@ -291,3 +328,87 @@ def row_seeds(seed, B):  # pragma: no cover - compiled
     for b in range(B):
         out[b] = _splitmix64(seed + np.uint64(b))
     return out
+
+
+_Z_2D = types.Array(types.float32, 2, "C")
+_U8_OUT = types.Array(types.uint8, 1, "C")
+_BLOCK_SIG = types.void(_F32_2D, _F32_2D, _Z_2D, _F32_2D, types.int64, types.int64, _U64_1D, _U8_1D, _I32_1D,
+                        _F32_1D, _I32_1D, _F64_1D, _F64_1D, _OUT_I64_2D, _OUT_F32_2D, _OUT_F32_2D, _OUT_F32_2D,
+                        _U8_OUT)
+
+
+@njit(_BLOCK_SIG, **_KW)
+def _sample_block(theta, sigma, Z, X, row0, kk, seeds, allow, fptr, fthr, fad, cmax, bound,
+                  idx, lg, pr, smp, status):  # pragma: no cover - compiled
+    """Thompson top kk of users row0 .. row0 + nb - 1 given their sgemm logits Z [nb, M].
+
+    The sgemm error bound of :mod:`scoring.batch` (tol = (F + 1) 2**-23 c . |x|, c = column
+    maxima of |theta|) pre-filters each ad; rows whose bound is not small (non-finite theta,
+    huge logits) score every ad exactly. status[r] = 2: a non-finite allowed theta row.
+    """
+    nb, M = Z.shape
+    F = theta.shape[1]
+    has_rules = fptr.shape[0] != 0
+    ex = np.zeros(M if has_rules else 0, np.uint8)
+    xd = np.empty(F, np.float64)
+    tscale = (F + 1) * 2.0**-23
+    for r in range(nb):
+        b = row0 + r
+        a = 0.0
+        for j in range(F):
+            v = np.float64(X[b, j])
+            xd[j] = v
+            a += cmax[j] * abs(v)
+        tol = tscale * a
+        fired = _exclusion_mask(fptr, fthr, fad, X, b, ex) if has_rules else 0
+        zr = Z[r] if tol < 1e30 else _NO_Z
+        n = _sample_row(theta, sigma, xd, _splitmix64(seeds[b]), kk, allow, ex, bound, zr, tol,
+                        idx[b], lg[b], smp[b])
+        if fired:
+            _clear_mask(fptr, fthr, fad, X, b, ex)
+        if n < 0:
+            status[r] = 2
+            n = 0
+        _finish(idx[b], lg[b], pr[b], smp[b], n)
+
+
+#: Below this many users the fused per-row kernel is used (an sgemm does not pay off).
+GEMM_MIN_ROWS = 8
+
+
+def topk_batch_gemm(theta, sigma, X, k, seeds, allow, fptr, fthr, fad, bound):
+    """Thompson top-k for B users at sgemm speed; the same answers as :func:`topk_batch_thompson`
+    (arguments alike; ``bound`` = :func:`sigma_row_norms` of sigma, required). One float32
+    sgemm per block of users gives every mean logit to within a proven bound; only ads whose
+    mean or sample could still reach a row's top k are scored exactly (float64) and sampled."""
+    from .batch import _block, block_rows, colmax
+
+    B, F = X.shape
+    M = theta.shape[0]
+    if B < GEMM_MIN_ROWS or bound.shape[0] != M:
+        return topk_batch_thompson(theta, sigma, X, k, seeds, allow, fptr, fthr, fad, bound)
+    n_ok = M if allow.shape[0] == 0 else int(np.count_nonzero(allow))
+    kk = max(min(k, n_ok), 0)
+    idx = np.empty((B, kk), np.int64)
+    lg = np.empty((B, kk), np.float32)
+    pr = np.empty((B, kk), np.float32)
+    smp = np.empty((B, kk), np.float32)
+    if kk == 0:
+        return idx, lg, pr, smp
+    if not np.isfinite(X).all():
+        raise ValueError("X contains NaN or inf")
+    cmax = colmax(theta)
+    nb = min(block_rows(M), B)
+    Z = _block(nb, M)
+    status = np.zeros(nb, np.uint8)
+    thetaT = theta.T
+    with np.errstate(all="ignore"):  # NaN/overflow in the sgemm is caught by the bound
+        for r0 in range(0, B, nb):
+            r1 = min(B, r0 + nb)
+            Zb = Z[: r1 - r0]
+            np.matmul(X[r0:r1], thetaT, out=Zb)
+            _sample_block(theta, sigma, Zb, X, r0, kk, seeds, allow, fptr, fthr, fad, cmax, bound,
+                          idx, lg, pr, smp, status[: r1 - r0])
+            if status.any():
+                raise ValueError(_THETA_BAD)
+    return idx, lg, pr, smp
