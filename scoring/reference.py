@@ -252,7 +252,7 @@ def normal_draws(seed: int, M: int) -> np.ndarray:
     key = _splitmix64(np.array([int(seed) & _MASK64], np.uint64))[0]
     with np.errstate(over="ignore"):
         h = _splitmix64(key + np.arange(M, dtype=np.uint64))
-    u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    u = ((h >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
     return inv_normal(u)
 
 

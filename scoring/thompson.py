@@ -17,7 +17,7 @@ approximation, relative error < 1.2e-9 against the exact quantile; no trigonomet
 logarithm only in the outer 4.85% of the tails):
 
     h = splitmix64(splitmix64(seed) + a)             (uint64, wrapping)
-    u = ((h >> 11) + 0.5) * 2**-53                   (0, 1), symmetric about 1/2
+    u = ((h >> 12) + 0.5) * 2**-52                   [2**-53, 1 - 2**-53], exact, symmetric about 1/2
     z = Phi^-1(u)                                    (z > 0 exactly when u > 1/2)
 
 Cost: the mean dot is the mean path's own (bit for bit); the variance dot and the normal are
@@ -74,8 +74,8 @@ _NO_Z = np.zeros(0, np.float32)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-_TWO_M53 = 2.0 ** -53
+_S30, _S27, _S31, _S12 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(12)
+_TWO_M52 = 2.0 ** -52  # 52 bits: (h >> 12) + 0.5 is exact in float64, so u never rounds to 1
 
 
 @njit(**_KW)
@@ -107,7 +107,7 @@ _D0, _D1, _D2, _D3 = _D
 def _uniform(key, a):  # pragma: no cover - compiled
     """The uniform u in (0, 1) of ad a under key = splitmix64(seed) (module docstring)."""
     h = _splitmix64(key + np.uint64(a))
-    return (np.float64(h >> _S11) + 0.5) * _TWO_M53
+    return (np.float64(h >> _S12) + 0.5) * _TWO_M52
 
 
 @njit(**_KW)
@@ -124,23 +124,21 @@ def _inv_normal(u):  # pragma: no cover - compiled
             / (((((_B0 * r + _B1) * r + _B2) * r + _B3) * r + _B4) * r + 1.0))
 
 
-#: _PHI_LO[q] = Phi(q / 2) - 1e-9: a draw from u <= _PHI_LO[q] is below q / 2, with room for
-#: the quantile approximation's error.
-_PHI_LO = np.array([0.5, 0.6914624612740131, 0.8413447460685429, 0.9331927987311419, 0.9772498680518208,
-                    0.9937903346742238, 0.9986501019683699, 0.9997673709209645, 0.9999683287581669,
-                    0.9999966023268753, 0.9999997133484281, 0.9999999810104375, 0.9999999990134123,
-                    0.99999999995984, 0.9999999999987201, 0.9999999999999681, 0.9999999999999993]) - 1e-9
-_PHI_LO.flags.writeable = False
+#: _ZU[j] > every draw whose uniform lies in bucket j = h >> 54 (u < (j + 1) / 1024): the
+#: quantile at the bucket's upper end plus room for the approximation's error; the top bucket
+#: holds the largest draw there is (u <= 1 - 2**-53 gives z < 8.3). Negative for j < 511.
+_ZU = np.array([_inv_normal.py_func((j + 1) / 1024.0) for j in range(1023)] + [8.5])
+_ZU += 1e-7 * (1.0 + np.abs(_ZU))
+_ZU.flags.writeable = False
+_S54 = np.uint64(54)
 
 
 @njit(inline="always", **_KW)
-def _cannot_lift(u, d, bx):  # pragma: no cover - compiled
-    """True when a draw from u (> 1/2) times a std of at most bx cannot exceed d >= 0 (the gap
-    from the mean's upper bound to the k-th key), decided without the quantile: with
-    q = floor(2 d / bx) (at most 16), z = Phi^-1(u) < q / 2 whenever u <= _PHI_LO[q], and then
-    z * std < d. bx = 0 (no spread) or NaN (a NaN spread samples the mean): cannot lift."""
-    q = min(2.0 * d / bx, 16.0) if bx > 0.0 else 16.0
-    return u <= _PHI_LO[int(q)] or not (bx > 0.0)
+def _cannot_lift(h, up, thr, bx):  # pragma: no cover - compiled
+    """True when the sample of an ad cannot exceed thr: its mean is at most ``up``, its draw is
+    below _ZU[h >> 54] (no quantile computed) and its std at most ``bx`` (inf: unknown, then
+    only a negative draw decides). One table load and one multiply-add; NaN never skips."""
+    return up + _ZU[h >> _S54] * bx <= thr
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -184,22 +182,23 @@ def _sample_row(theta, sigma, xd, key, kk, allow, ex, bound, zr, tol, idx, lg, k
         if use_z and n == kk:
             thr = np.float64(key_buf[kk - 1])
             up = np.float64(zr[i]) + tol  # >= the exact mean logit
-            if up <= thr:
-                u = _uniform(key, i)
-                # both tests evaluated, one branch: a coin-flip branch on u mispredicts half the time
-                if (u <= 0.5) | (use_bound and _cannot_lift(u, thr - up, bound[i] * xmax)):
-                    continue
+            # one branch for mean and draw together: a branch on the coin flip alone
+            # mispredicts half the time
+            if up <= thr and _cannot_lift(_splitmix64(key + np.uint64(i)), up, thr,
+                                          bound[i] * xmax if use_bound else np.inf):
+                continue
         s = _dot64(theta, i, xd)
         if not _finite(s):
             return -1
         z = np.float32(s)
-        u = _uniform(key, i)
+        h = _splitmix64(key + np.uint64(i))
+        u = (np.float64(h >> _S12) + 0.5) * _TWO_M52
         # Exact shortcut: when the buffer is full and the mean cannot enter it, only a draw
         # z > 0 (u > 1/2) could lift the sample in; skip the variance and the normal of the
         # others (about half of the ads). The result is unchanged.
         if n == kk and not (z > key_buf[kk - 1]):
-            if (u <= 0.5) | (use_bound and _cannot_lift(u, key_buf[kk - 1] - s, bound[i] * xmax)):
-                continue  # even the widest spread the bound allows cannot lift it in
+            if _cannot_lift(h, s, np.float64(key_buf[kk - 1]), bound[i] * xmax if use_bound else np.inf):
+                continue  # a negative draw, or the widest spread the bound allows, cannot lift it in
             v = _sqdot64(sigma, i, xd)
             if v > 0.0:
                 z = np.float32(s + _inv_normal(u) * np.sqrt(v))

@@ -159,6 +159,13 @@ def test_inverse_normal_cdf_is_accurate_and_kernel_equals_twin() -> None:
     assert np.all(np.sign(z) == np.sign(u - 0.5))  # the kernels' sign shortcut relies on this
     got = np.array([T._inv_normal(v) for v in u[::997]])
     np.testing.assert_allclose(got, z[::997], rtol=1e-14, atol=0.0)
+    # the extreme uniforms the generator can produce stay finite and inside the skip table
+    lo, hi = T._inv_normal(2.0**-53), T._inv_normal(1 - 2.0**-53)
+    assert np.isfinite([lo, hi]).all() and -T._ZU[-1] < lo < hi < T._ZU[-1]
+    # each bucket's table entry bounds every draw in it (the kernels skip ads by it)
+    j = np.arange(1024)
+    top = R.inv_normal(np.minimum((j + 1) / 1024.0 - 2.0**-53, 1 - 2.0**-53))
+    assert np.all(top < T._ZU) and np.all(T._ZU[:511] < 0)
 
 
 @pytest.mark.parametrize("M,F", SHAPES)
