@@ -22,15 +22,15 @@ logarithm only in the outer 4.85% of the tails):
 
 Cost: the mean dot is the mean path's own (bit for bit); the variance dot and the normal are
 only computed for ads whose sample could still enter the top k. With the buffer full and the
-mean not above its last key, only z > 0 could lift the sample in, and z <= 0 exactly when
-u <= 1/2, so half of those ads cost the mean path plus one splitmix64. For the other
-half, given per-ad bounds ``bound[a] = ||sigma[a]||_2`` (:func:`sigma_row_norms`; a server
-computes them once per version, :func:`scoring.topk_batch_thompson` once per call when not
-given), the sample is at most ``s + z * bound[a] * max_f |x_f|`` (times 1 + 1e-9 against
-rounding); an ad whose gap d to the k-th key cannot be bridged is skipped without its
-variance. That test needs no quantile: with q = floor(2 d / (bound * max|x|)), a draw with
-u <= Phi(q / 2) - 1e-9 is below q / 2 (a 17-entry table). Both tests are evaluated together
-and branched on once (a branch on the coin flip u alone mispredicts half the time).
+mean not above its last key, the draw is bounded without computing it: u lies in bucket
+j = h >> 54 of 1,024, so z < _ZU[j] (the quantile at the bucket's upper end plus room for the
+approximation's error; negative for j < 511, so every negative draw is caught). Given per-ad
+bounds ``bound[a] = ||sigma[a]||_2`` (:func:`sigma_row_norms`; a server computes them once per
+version, :func:`scoring.topk_batch_thompson` once per call when not given; times 1 + 1e-9
+against rounding), the sample is at most ``s + _ZU[j] * bound[a] * max_f |x_f|``, and an ad
+where that stays at or below the k-th key is skipped (without a bound only the negative draws
+are). Mean and draw test are branched on once: a branch on the coin flip alone mispredicts
+half the time.
 
 Batches (:func:`topk_batch_gemm`, used for B >= GEMM_MIN_ROWS): one float32 sgemm per block of
 users gives every mean logit to within the proven bound of :mod:`scoring.batch`; an ad whose
