@@ -278,15 +278,21 @@ class BuildResult:
     report: dict[str, Any]
 
 
-def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None) -> BuildResult:
+def build(cfg: BuildConfig, quiet: bool = False, dataset: Dataset | None = None,
+          prep: Prepared | None = None) -> BuildResult:
     """Run every stage and return the artifact, the user table and a run report.
+
+    ``prep``: an already prepared dataset (split, warm weights, embeddings, neighbours) to
+    generate from instead of running :func:`prepare` (its dataset is used; ``dataset`` ignored).
 
     Raises BuildError (nothing is returned, so nothing can be published) when a stage fails or,
     with ``on_failure='abort'``, when any ad failed.
     """
     t_start = time.perf_counter()
-    ds = dataset if dataset is not None else load_source(cfg.dataset)
-    prep = prepare(ds, cfg, quiet)
+    if prep is None:
+        ds = dataset if dataset is not None else load_source(cfg.dataset)
+        prep = prepare(ds, cfg, quiet)
+    ds = prep.dataset
     gen = make_generator(cfg)
     if hasattr(gen, "fit"):  # generators that learn from the warm ads (e.g. launch-time drift)
         gen.fit(prep)

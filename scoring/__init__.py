@@ -46,6 +46,7 @@ __all__ = [
     "topk_batch_unchecked",
     "topk_one_thompson",
     "topk_batch_thompson",
+    "sigma_row_norms",
     "ContentRules",
     "make_rules",
     "check_rules",
@@ -281,9 +282,40 @@ def _seed_u64(seed: object, what: str = "seed") -> np.uint64:
     return np.uint64(int(seed))
 
 
+_F64 = np.dtype(np.float64)
+_TWO64 = 1 << 64
+_NO_BOUND = np.zeros(0, np.float64)
+_NO_BOUND.flags.writeable = False
+
+
+def sigma_row_norms(sigma: np.ndarray) -> np.ndarray:
+    """float64 [M] per-ad bounds ``||sigma[a]||_2`` (times 1 + 1e-9) that let the Thompson
+    kernels skip ads whose sample cannot reach the top k. Compute once per sigma (e.g. per
+    served version) and pass as ``sigma_bound``; read-only."""
+    if not (isinstance(sigma, np.ndarray) and sigma.dtype == _F32 and sigma.ndim == 2 and sigma.flags.c_contiguous):
+        raise _bad("sigma", sigma, 2)
+    out = _t.sigma_row_norms(sigma)
+    out.flags.writeable = False
+    return out
+
+
+def _check_bound(bound: np.ndarray | None, sigma: np.ndarray, compute: bool) -> np.ndarray:
+    if bound is None:
+        return sigma_row_norms(sigma) if compute else _NO_BOUND
+    if not (isinstance(bound, np.ndarray) and bound.dtype == np.float64 and bound.shape == (sigma.shape[0],)
+            and bound.flags.c_contiguous):
+        raise ValueError(f"sigma_bound must be scoring.sigma_row_norms(sigma): float64 [{sigma.shape[0]}], "
+                         f"got {getattr(bound, 'dtype', type(bound).__name__)} {getattr(bound, 'shape', '')}")
+    if bound.flags.writeable:
+        bound = bound.view()
+        bound.flags.writeable = False
+    return bound
+
+
 def topk_one_thompson(
     theta: np.ndarray, sigma: np.ndarray, x: np.ndarray, k: int, seed: int,
     allow: np.ndarray | None = None, rules: ContentRules | None = None,
+    sigma_bound: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Top-k ads for one user ranked by a Thompson sample of each ad's logit.
 
@@ -292,19 +324,37 @@ def topk_one_thompson(
     [0, 2**64), the same seed gives the same ranking. Returns (idx int64[k'], MEAN logit
     float32[k'], MEAN prob float32[k'], sampled logit float32[k']), ordered by the sample
     descending, k' = min(k, #eligible). See :mod:`scoring.thompson` for the draws.
+    sigma_bound: :func:`sigma_row_norms` of ``sigma`` (cache it with sigma): lets the kernel skip
+    the variance of ads that cannot enter; None = no such pruning (same ranking, slower).
     """
-    _check_pair("theta", theta, "x", x, 1)
-    _check_sigma(sigma, theta)
-    k = _check_k(k)
-    return _t.topk_one_thompson(theta, sigma, x, k, _seed_u64(seed), _mask(allow, theta.shape[0]),
-                                *_rules(rules, theta))
+    # fast path first (the few attribute reads of topk_one), precise errors on the slow one
+    if not (type(theta) is np.ndarray and theta.dtype is _F32 and theta.ndim == 2 and theta.flags.c_contiguous
+            and type(x) is np.ndarray and x.dtype is _F32 and x.ndim == 1 and x.flags.c_contiguous
+            and x.shape[0] == theta.shape[1]):
+        _check_pair("theta", theta, "x", x, 1)
+    if not (type(sigma) is np.ndarray and sigma.dtype is _F32 and sigma.shape == theta.shape
+            and sigma.flags.c_contiguous):
+        _check_sigma(sigma, theta)
+    if type(k) is not int or not 0 < k <= _KMAX:
+        k = _check_k(k)
+    s64 = seed if type(seed) is int and 0 <= seed < _TWO64 else _seed_u64(seed)  # a Python int converts in the dispatcher
+    if not (type(sigma_bound) is np.ndarray and sigma_bound.dtype is _F64 and sigma_bound.ndim == 1
+            and sigma_bound.shape[0] == theta.shape[0] and not sigma_bound.flags.writeable
+            and sigma_bound.flags.c_contiguous):
+        sigma_bound = _check_bound(sigma_bound, sigma, False)
+    r = _NO_RULES if rules is None else _rules(rules, theta)
+    return _t.topk_one_thompson(theta, sigma, x, k, s64, _NO_MASK if allow is None else _mask(allow, theta.shape[0]),
+                                *r, sigma_bound)
 
 
 def topk_batch_thompson(
     theta: np.ndarray, sigma: np.ndarray, X: np.ndarray, k: int, seed: int | np.ndarray,
     allow: np.ndarray | None = None, rules: ContentRules | None = None,
+    sigma_bound: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Thompson top-k for B users: arrays [B, k'] as :func:`topk_one_thompson`.
+
+    sigma_bound: as there; None = computed here once for the batch.
 
     seed: one integer (row b then uses ``scoring.thompson.row_seeds(seed, B)[b]``) or a
     uint64 array [B] of per-row seeds (row b equals ``topk_one_thompson(.., X[b], k,
@@ -322,8 +372,8 @@ def topk_batch_thompson(
         seeds = np.ascontiguousarray(seed, dtype=np.uint64)
     else:
         seeds = _t.row_seeds(_seed_u64(seed), X.shape[0])
-    return _t.topk_batch_thompson(theta, sigma, X, k, seeds, _mask(allow, theta.shape[0]),
-                                  *_rules(rules, theta))
+    return _t.topk_batch_gemm(theta, sigma, X, k, seeds, _mask(allow, theta.shape[0]),
+                              *_rules(rules, theta), _check_bound(sigma_bound, sigma, True))
 
 
 def contributions(theta_row: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -369,7 +419,7 @@ def warmup() -> None:
     ibr, lbr, _ = topk_batch(theta, X, 99, allow, rules)
     zr = score_matrix(theta, X, rules)
     sigma = np.zeros_like(theta)
-    it, _, _, _ = topk_one_thompson(theta, sigma, x, 2, 7)
+    it, _, _, _ = topk_one_thompson(theta, sigma, x, 2, 7, sigma_bound=sigma_row_norms(sigma))
     ibt, _, _, _ = topk_batch_thompson(theta, sigma, X, 2, 7, allow, rules)
     c = contributions(theta[0], x)
     s = sigmoid(np.array([-1e4, 0.0, 1e4], dtype=np.float32))

@@ -229,15 +229,31 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def inv_normal(u: np.ndarray) -> np.ndarray:
+    """Twin of the kernels' standard normal quantile: float64 Phi^-1(u) for u in (0, 1) by the
+    same rational approximation and branch points as ``scoring.thompson._inv_normal``."""
+    from scoring.thompson import _A, _B, _C, _D, _P_LOW
+
+    u = np.asarray(u, dtype=np.float64)
+    q = u - 0.5
+    r = q * q
+    num = (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
+    den = ((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0
+    lo, hi = u < _P_LOW, u > 1.0 - _P_LOW
+    t = np.sqrt(-2.0 * np.log(np.where(lo, u, np.where(hi, 1.0 - u, 0.5))))
+    tail = ((((((_C[0] * t + _C[1]) * t + _C[2]) * t + _C[3]) * t + _C[4]) * t + _C[5])
+            / ((((_D[0] * t + _D[1]) * t + _D[2]) * t + _D[3]) * t + 1.0))
+    return np.where(lo, tail, np.where(hi, -tail, num / den))
+
+
 def normal_draws(seed: int, M: int) -> np.ndarray:
     """The standard normal draw z[a] (float64 [M]) every Thompson kernel uses for ad a
-    under ``seed`` (counter-based: splitmix64 + Box-Muller, see :mod:`scoring.thompson`)."""
+    under ``seed`` (counter-based: splitmix64 + inverse normal CDF, see :mod:`scoring.thompson`)."""
     key = _splitmix64(np.array([int(seed) & _MASK64], np.uint64))[0]
     with np.errstate(over="ignore"):
         h = _splitmix64(key + np.arange(M, dtype=np.uint64))
-    u1 = ((h >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * 2.0**-53
-    u2 = (_splitmix64(h) >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    u = ((h >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
+    return inv_normal(u)
 
 
 def row_seeds(seed: int, B: int) -> np.ndarray:

@@ -21,6 +21,7 @@ def _register_commands() -> None:
     import llmhyper.cli.build_cmds  # noqa: F401
     import llmhyper.cli.client_cmds  # noqa: F401
     import llmhyper.cli.evaluate_cmd  # noqa: F401
+    import llmhyper.cli.launch_cmd  # noqa: F401
     import llmhyper.cli.loadtest_cmd  # noqa: F401
     import llmhyper.cli.optimize_cmd  # noqa: F401
     import llmhyper.cli.refresh_cmd  # noqa: F401

@@ -107,12 +107,13 @@ class ServingState:
         map_default: float32 [F] starting vector for name->value requests (bias 1, rest 0).
         rules: the version's content rules (scoring.rules.ContentRules), checked once here, or None.
         sigma: float32 [M, F] posterior spread for Thompson exploration, or None.
+        sigma_bound: float64 [M] scoring.sigma_row_norms(sigma) (None without sigma).
     """
 
     __slots__ = (
         "view", "version", "theta", "M", "F", "ad_ids", "ad_index", "feature_names",
         "feature_index", "features", "map_default", "pb_features", "_users_checked",
-        "manifest_json", "created_at", "rules", "sigma",
+        "manifest_json", "created_at", "rules", "sigma", "sigma_bound",
     )
 
     def __init__(self, view: Any) -> None:
@@ -150,6 +151,8 @@ class ServingState:
                                       and sigma.shape == theta.shape and sigma.flags.c_contiguous):
             raise StoreError(f"version {self.version}: stored sigma must be C-contiguous float32 {theta.shape}")
         self.sigma: np.ndarray | None = sigma
+        # per-ad ||sigma||_2, computed once per version: lets the Thompson kernels skip ads
+        self.sigma_bound: np.ndarray | None = None if sigma is None else scoring.sigma_row_norms(sigma)
 
     def exploration(self, request: Any, default: bool) -> tuple[bool, int]:
         """(explore?, seed) for a Rank/RankBatch request: its ``explore`` field, else the
@@ -527,7 +530,8 @@ class RankerServicer(pb_grpc.RankerServicer):
             return resp  # every ad filtered out: nothing to rank
         self._before_kernel(context)
         if explore:  # ranked by the sample; the returned logit/ctr are the mean ones
-            idx, logit, prob, _ = scoring.topk_one_thompson(st.theta, st.sigma, x, k, seed, mask, rules)
+            idx, logit, prob, _ = scoring.topk_one_thompson(st.theta, st.sigma, x, k, seed, mask, rules,
+                                                            st.sigma_bound)
         else:
             idx, logit, prob = scoring.topk_one(st.theta, x, k, mask, rules)
         self._count_kernel()
@@ -592,7 +596,8 @@ class RankerServicer(pb_grpc.RankerServicer):
             return resp  # k = 0, empty arrays
         self._before_kernel(context)
         if explore:
-            idx, logit, prob, _ = scoring.topk_batch_thompson(st.theta, st.sigma, X, k, seed, mask, rules)
+            idx, logit, prob, _ = scoring.topk_batch_thompson(st.theta, st.sigma, X, k, seed, mask, rules,
+                                                              st.sigma_bound)
         else:
             idx, logit, prob = scoring.topk_batch(st.theta, X, k, mask, rules)
         self._count_kernel()

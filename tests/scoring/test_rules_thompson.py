@@ -148,16 +148,39 @@ def test_normal_draws_match_twin_and_look_standard_normal() -> None:
     assert np.array_equal(T.row_seeds(np.uint64(5), 4), R.row_seeds(5, 4))
 
 
+def test_inverse_normal_cdf_is_accurate_and_kernel_equals_twin() -> None:
+    from scipy.special import ndtri
+
+    u = np.concatenate([np.linspace(2.0**-54, 1 - 2.0**-53, 400_001), np.logspace(-16, -1, 500),
+                        1 - np.logspace(-16, -1, 500), [0.02425, 1 - 0.02425, 0.5]])
+    z = R.inv_normal(u)
+    ref = ndtri(u)
+    assert np.max(np.abs(z - ref) / np.maximum(np.abs(ref), 1e-300)) < 1.2e-9
+    assert np.all(np.sign(z) == np.sign(u - 0.5))  # the kernels' sign shortcut relies on this
+    got = np.array([T._inv_normal(v) for v in u[::997]])
+    np.testing.assert_allclose(got, z[::997], rtol=1e-14, atol=0.0)
+    # the extreme uniforms the generator can produce stay finite and inside the skip table
+    lo, hi = T._inv_normal(2.0**-53), T._inv_normal(1 - 2.0**-53)
+    assert np.isfinite([lo, hi]).all() and -T._ZU[-1] < lo < hi < T._ZU[-1]
+    # each bucket's table entry bounds every draw in it (the kernels skip ads by it)
+    j = np.arange(1024)
+    top = R.inv_normal(np.minimum((j + 1) / 1024.0 - 2.0**-53, 1 - 2.0**-53))
+    assert np.all(top < T._ZU) and np.all(T._ZU[:511] < 0)
+
+
 @pytest.mark.parametrize("M,F", SHAPES)
 @pytest.mark.parametrize("k", [1, 10, 200])
 def test_thompson_matches_twin(M: int, F: int, k: int) -> None:
     theta, X = _world(M, F, seed=7 * M + F)
     sigma = np.abs(np.random.default_rng(M).normal(0.0, 0.3, (M, F))).astype(np.float32)
     rules = _random_rules(M, F, per_ad=2, seed=k)
+    bound = scoring.sigma_row_norms(sigma)
     for x in X:
         for r in (None, rules):
             got = scoring.topk_one_thompson(theta, sigma, x, k, 99, rules=r)
             want = R.topk_one_thompson(theta, sigma, x, k, 99, rules=r)
+            pruned = scoring.topk_one_thompson(theta, sigma, x, k, 99, rules=r, sigma_bound=bound)
+            assert all(np.array_equal(a, b) for a, b in zip(got, pruned))  # the bound only skips work
             assert np.array_equal(got[0], want[0])
             np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-5)
             np.testing.assert_allclose(got[3], want[3], rtol=1e-5, atol=1e-5)
@@ -198,9 +221,36 @@ def test_thompson_seed_reproducible_layout_free_and_sigma_zero_is_greedy() -> No
     assert np.array_equal(tb[0], scoring.topk_batch(theta, X, 7)[0])
 
 
+@pytest.mark.parametrize("scale", [1e-3, 0.05, 0.5, 3.0])
+def test_thompson_bound_pruning_is_exact_at_any_spread(scale: float) -> None:
+    """The per-ad bound skips most variances when the spread is small; the ranking and the
+    samples are those of scoring every ad, for one user and in a batch."""
+    rng = np.random.default_rng(int(scale * 1000))
+    theta = rng.normal(0.0, 0.3, (1000, 64)).astype(np.float32)
+    sigma = np.abs(rng.normal(0.0, scale, (1000, 64))).astype(np.float32)
+    sigma[::7] = 0.0  # some ads without spread: their sample is the mean
+    X = rng.random((12, 64), dtype=np.float32)
+    X[:, 0] = 1.0
+    bound = scoring.sigma_row_norms(sigma)
+    assert not bound.flags.writeable and bound.shape == (1000,)
+    seeds = np.arange(12, dtype=np.uint64) + np.uint64(2**63)
+    for k in (1, 10, 64):
+        a = scoring.topk_batch_thompson(theta, sigma, X, k, seeds, sigma_bound=bound)
+        b = R.topk_batch_thompson(theta, sigma, X, k, seeds)
+        assert np.array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[3], b[3], rtol=1e-5, atol=1e-5)
+        for i in (0, 5, 11):
+            one = scoring.topk_one_thompson(theta, sigma, X[i], k, int(seeds[i]), sigma_bound=bound)
+            assert np.array_equal(one[0], a[0][i]) and np.array_equal(one[3], a[3][i])
+
+
 def test_thompson_validates_inputs() -> None:
     theta, X = _world(5, 3, seed=0)
     sigma = np.zeros_like(theta)
+    with pytest.raises(ValueError, match=r"sigma_bound must be scoring.sigma_row_norms\(sigma\): float64 \[5\]"):
+        scoring.topk_one_thompson(theta, sigma, X[0], 2, 1, sigma_bound=np.zeros(4))
+    with pytest.raises(ValueError, match="sigma_bound must be"):
+        scoring.topk_batch_thompson(theta, sigma, X, 2, 1, sigma_bound=np.zeros(5, np.float32))
     with pytest.raises(ValueError, match="sigma has shape"):
         scoring.topk_one_thompson(theta, sigma[:, :2].copy(), X[0], 2, 1)
     with pytest.raises(ValueError, match="seed must be an integer"):
