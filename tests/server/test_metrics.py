@@ -1,11 +1,12 @@
 """Prometheus /metrics (issue 13): exact counts per method and code over a real HTTP scrape,
-the version metric following publishes, garbage request bytes answered INVALID_ARGUMENT with a
+the version metric following publishes under load, garbage request bytes answered INVALID_ARGUMENT with a
 bounded number of log lines, and the client's shipped service config."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import urllib.request
 
 import grpc
@@ -74,13 +75,40 @@ def test_counts_per_method_and_code_are_exact(metered):
 
 
 def test_version_metric_follows_publishes(metered):
+    """10 publishes while 3 clients call Rank: the info metric names each new version in turn,
+    and the Rank OK count still equals the calls the clients saw succeed."""
     server, port, world, s = metered
-    for i in range(10):
-        v = s.publish(world.ad_ids, world.theta * (i + 2), world.features, manifest={"generator": f"gen{i}"})
-        key = ("llmhyper_served_version_info", (("generator", f"gen{i}"), ("n_ads", str(world.M)),
-                                                ("n_features", str(world.F)), ("version", v)))
-        assert wait_for(lambda: scrape(server.metrics_port).get(key) == 1.0, timeout=30), v
+    before = requests(scrape(server.metrics_port), "Rank", "OK")
+    stop = threading.Event()
+    done = [0, 0, 0]
+    failed: list[str] = []
+
+    def load(i: int) -> None:
+        with RankerClient(f"127.0.0.1:{port}", timeout=10) as c:
+            while not stop.is_set():
+                try:
+                    c.rank(world.user_ids[i], top_k=3)
+                    done[i] += 1
+                except RankerError as e:
+                    failed.append(e.code.name)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(10):
+            v = s.publish(world.ad_ids, world.theta * (i + 2), world.features, manifest={"generator": f"gen{i}"})
+            key = ("llmhyper_served_version_info", (("generator", f"gen{i}"), ("n_ads", str(world.M)),
+                                                    ("n_features", str(world.F)), ("version", v)))
+            assert wait_for(lambda: scrape(server.metrics_port).get(key) == 1.0, timeout=30), v
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not failed, failed[:5]
+    assert sum(done) > 0
     m = scrape(server.metrics_port)
+    assert requests(m, "Rank", "OK") - before == sum(done)
     assert m[("llmhyper_hot_swaps_total", ())] == 10
     assert sum(val for (n, _), val in m.items() if n == "llmhyper_served_version_info") == 1.0
     assert m[("llmhyper_last_swap_duration_seconds", ())] > 0
