@@ -202,7 +202,8 @@ def test_two_processes_hot_swap_under_load_never_mixes_versions(forked, tmp_path
                 thetas[v] = theta
 
                 def every_child_serves(v: str = v) -> bool:
-                    # fresh channels land on either child; 8 in a row on v means both serve it
+                    # fresh channels land on either child: 8 in a row on v leave a 2**-8 chance
+                    # that a child still serving an older version went unasked
                     for _ in range(8):
                         with RankerClient(target, timeout=5, retries=False) as c:
                             if c.rank(world.user_ids[0], top_k=1).version != v:
