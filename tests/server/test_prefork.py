@@ -194,10 +194,12 @@ def test_two_processes_hot_swap_under_load_never_mixes_versions(forked, tmp_path
     for t in threads:
         t.start()
     seen_per_version: dict[str, int] = {}
+    pickup: list[float] = []  # s from publish to both children seen serving it (printed, not asserted)
     try:
         with WeightStore(tmp_path / "store", readonly=False) as s:
             for i in range(6):
                 theta = (world.theta * (i + 2) + np.float32(0.01 * i)).astype(np.float32)
+                t0 = time.monotonic()
                 v = s.publish(world.ad_ids, theta, world.features, manifest={"generator": f"gen{i}"})
                 thetas[v] = theta
 
@@ -211,6 +213,7 @@ def test_two_processes_hot_swap_under_load_never_mixes_versions(forked, tmp_path
                     return True
 
                 assert wait_for(every_child_serves, timeout=30), v
+                pickup.append(time.monotonic() - t0)
                 with lock:
                     seen_per_version[v] = len(answers)
     finally:
@@ -227,4 +230,5 @@ def test_two_processes_hot_swap_under_load_never_mixes_versions(forked, tmp_path
         order = np.lexsort((np.arange(z.size), -z))[:5]
         assert ads == [world.ad_ids[k] for k in order], (u, v)
         np.testing.assert_allclose(logits, z[order], rtol=1e-5, atol=1e-5)
-    print(f"\n[hot swap x2 processes] answers={len(answers)} versions={sorted(versions)} errors={len(errors)}")
+    print(f"\n[hot swap x2 processes] answers={len(answers)} versions={sorted(versions)} errors={len(errors)} "
+          f"publish-to-both-serving max {max(pickup):.2f} s")
