@@ -21,7 +21,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import lmdb
 import numpy as np
@@ -47,7 +47,7 @@ class _Pin:
 
     __slots__ = ("view", "txn", "anchor", "anchor2")
 
-    def __init__(self, view: VersionView, txn: lmdb.Transaction, anchor: np.ndarray,
+    def __init__(self, view: VersionView, txn: lmdb.Transaction[memoryview], anchor: np.ndarray,
                  anchor2: np.ndarray | None = None) -> None:
         self.view: VersionView | None = view
         self.txn = txn
@@ -125,13 +125,16 @@ class _Env:
                         f"{self.path!r} is not an LLM-HYPER weight store (no {name!r} database); "
                         "publish into it with a writable WeightStore first") from None
             else:
-                dbs[name] = self.write(lambda txn, k=key: self.env.open_db(k, txn=txn, create=True), 4096)
+                def create(txn: lmdb.Transaction[bytes], k: bytes = key) -> Any:
+                    return self.env.open_db(k, txn=txn, create=True)
+
+                dbs[name] = self.write(create, 4096)
         return dbs
 
     def _check_format(self) -> None:
         meta = self.dbs["meta"]
 
-        def init(txn: lmdb.Transaction) -> bytes | None:
+        def init(txn: lmdb.Transaction[bytes]) -> bytes | None:
             fmt = txn.get(b"format", db=meta)
             if fmt is None and not self.readonly:
                 txn.put(b"format", str(FORMAT_VERSION).encode(), db=meta)
@@ -148,16 +151,23 @@ class _Env:
                              f"this code reads format {FORMAT_VERSION}")
 
     # ---------------------------------------------------------------- transactions
-    def begin_read(self, buffers: bool = False) -> lmdb.Transaction:
-        """Begin a read txn, adopting a map grown by another process if needed."""
+    @overload
+    def begin_read(self, buffers: Literal[False] = False) -> lmdb.Transaction[bytes]: ...
+
+    @overload
+    def begin_read(self, buffers: Literal[True]) -> lmdb.Transaction[memoryview]: ...
+
+    def begin_read(self, buffers: bool = False) -> lmdb.Transaction[bytes] | lmdb.Transaction[memoryview]:
+        """Begin a read txn (values as bytes, or with ``buffers`` as zero-copy memoryviews),
+        adopting a map grown by another process if needed."""
         for _ in range(3):
             try:
-                return self.env.begin(buffers=buffers)
+                return self.env.begin(buffers=True) if buffers else self.env.begin()
             except lmdb.MapResizedError:
                 self.adopt_grown_map()
         raise StoreError(f"weight store {self.path!r}: map kept changing size while opening a read")
 
-    def read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
+    def read(self, fn: Callable[[lmdb.Transaction[bytes]], _T]) -> _T:
         """Run ``fn`` in a short read txn (retried if a remap invalidated it mid-way)."""
         for attempt in range(3):
             gen = self.remap_gen
@@ -171,7 +181,7 @@ class _Env:
                 txn.abort()
         raise AssertionError("unreachable")
 
-    def write(self, fn: Callable[[lmdb.Transaction], _T], size_hint: int) -> _T:
+    def write(self, fn: Callable[[lmdb.Transaction[bytes]], _T], size_hint: int) -> _T:
         """Run ``fn`` in one write txn; on MapFull abort, grow the map and retry.
 
         ``size_hint`` is roughly how many bytes ``fn`` adds (used to size the growth).

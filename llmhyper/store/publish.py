@@ -17,6 +17,7 @@ from llmhyper.store.extras import RULES_SUFFIX, SIGMA_SUFFIX, check_rules_input,
 from llmhyper.store.users import users_writer
 from llmhyper.store.validate import (
     InvalidWeights,
+    StoreError,
     VersionNotFound,
     check_features,
     check_ids,
@@ -38,7 +39,7 @@ def _paged(mat: np.ndarray, psize: int) -> Any:
     """The bytes of a float32 matrix, zero-padded to >= one page so LMDB puts the value on
     overflow pages (page aligned, hence 16-byte aligned for zero-copy float32 views)."""
     if mat.nbytes >= psize:
-        return memoryview(mat).cast("B")
+        return mat.data.cast("B")  # the array's own buffer (C-contiguous), no copy
     pad = np.zeros(psize, dtype=np.uint8)
     pad[: mat.nbytes] = np.frombuffer(mat.tobytes(), dtype=np.uint8)
     return pad
@@ -84,7 +85,7 @@ def publish_version(e: _Env, ad_ids: Sequence[str], theta: Any, features: Sequen
     dbs = e.dbs
     write_users, users_hint = users_writer(e, *users) if users is not None else (None, 0)
 
-    def write(txn: lmdb.Transaction) -> str:
+    def write(txn: lmdb.Transaction[bytes]) -> str:
         seq = int(txn.get(b"next_seq", db=dbs["meta"]) or b"1")
         version = _vid(seq)
         key = version.encode()
@@ -116,7 +117,7 @@ def rollback_version(e: _Env, version: str | None) -> str:
     """Make ``version`` (None: the newest one before the current) current in ``e``; returns it."""
     meta, versions = e.dbs["meta"], e.dbs["versions"]
 
-    def move(txn: lmdb.Transaction) -> str:
+    def move(txn: lmdb.Transaction[bytes]) -> str:
         cur = txn.get(b"current", db=meta)
         if version is not None:
             if not isinstance(version, str) or txn.get(version.encode(), db=versions) is None:
@@ -125,7 +126,10 @@ def rollback_version(e: _Env, version: str | None) -> str:
         else:
             if cur is None:
                 raise VersionNotFound("cannot roll back: the store has no current version")
-            cur_seq = json.loads(bytes(txn.get(cur, db=versions)))["seq"]
+            cur_hdr = txn.get(cur, db=versions)
+            if cur_hdr is None:  # 'current' names a version without a header: a damaged store
+                raise StoreError(f"cannot roll back: the current version {cur.decode()} has no header")
+            cur_seq = json.loads(cur_hdr)["seq"]
             older = [(h["seq"], h["version"]) for h in
                      (json.loads(bytes(v)) for _, v in txn.cursor(db=versions))
                      if h["seq"] < cur_seq]
@@ -143,7 +147,7 @@ def prune_versions(e: _Env, keep: int) -> list[str]:
     their cached views; returns the removed version ids."""
     dbs = e.dbs
 
-    def drop(txn: lmdb.Transaction) -> list[str]:
+    def drop(txn: lmdb.Transaction[bytes]) -> list[str]:
         cur = txn.get(b"current", db=dbs["meta"])
         hdrs = sorted((json.loads(bytes(v)) for _, v in txn.cursor(db=dbs["versions"])),
                       key=lambda h: h["seq"])

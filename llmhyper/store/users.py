@@ -43,7 +43,7 @@ class UsersView:
     def __init__(self, e: "_Env") -> None:
         self._e = e
         self._gen = e.remap_gen
-        self._txn = e.begin_read()
+        self._txn: lmdb.Transaction[bytes] | None = e.begin_read()
         meta = e.dbs["meta"]
         try:
             self.txnid = int(self._txn.id())
@@ -99,7 +99,7 @@ class UsersView:
 
 
 def users_writer(e: _Env, user_ids: Sequence[str], X: Any,
-                 features: Sequence[Any]) -> tuple[Callable[[lmdb.Transaction], None], int]:
+                 features: Sequence[Any]) -> tuple[Callable[[lmdb.Transaction[bytes]], None], int]:
     """Validate a user table (N ids, X float32-castable [N, F_user] with bias column 1.0,
     F_user features); return (a function writing it inside a write txn of ``e``, its size hint
     in bytes). Raises InvalidWeights for bad input."""
@@ -113,7 +113,7 @@ def users_writer(e: _Env, user_ids: Sequence[str], X: Any,
     feats_json = to_json([list(f) for f in feats], "features")
     dbs = e.dbs
 
-    def write(txn: lmdb.Transaction) -> None:
+    def write(txn: lmdb.Transaction[bytes]) -> None:
         txn.drop(dbs["users"], delete=False)
         for uid, row in zip(ids, mat):
             txn.put(uid.encode(), row.tobytes(), db=dbs["users"])
@@ -153,7 +153,7 @@ def scan_user_ids(e: _Env, limit: int | None) -> list[str]:
     """Up to ``limit`` (None: all) user ids in key (byte) order."""
     users = e.dbs["users"]
 
-    def scan(txn: lmdb.Transaction) -> list[str]:
+    def scan(txn: lmdb.Transaction[bytes]) -> list[str]:
         out: list[str] = []
         for key in txn.cursor(db=users).iternext(keys=True, values=False):
             if limit is not None and len(out) >= limit:

@@ -64,7 +64,7 @@ class VersionView:
         return tuple(n for n, _ in self.features)
 
 
-def load_version(txn: lmdb.Transaction, dbs: Mapping[str, Any], path: str,
+def load_version(txn: lmdb.Transaction[memoryview], dbs: Mapping[str, Any], path: str,
                  version: str) -> tuple[VersionView, np.ndarray, np.ndarray | None]:
     """Read ``version`` in ``txn`` (a ``buffers=True`` read txn that must outlive the arrays).
 

@@ -207,7 +207,7 @@ class WeightStore:
             raise VersionNotFound(f"version must be a str like 'v000001', got {version!r}")
         meta, versions = e.dbs["meta"], e.dbs["versions"]
 
-        def resolve(txn: lmdb.Transaction) -> str | None:
+        def resolve(txn: lmdb.Transaction[bytes]) -> str | None:
             if version is None:
                 cur = txn.get(b"current", db=meta)
                 return None if cur is None else cur.decode()
@@ -252,7 +252,7 @@ class WeightStore:
         e = self._env()
         meta, versions = e.dbs["meta"], e.dbs["versions"]
 
-        def scan(txn: lmdb.Transaction) -> tuple[bytes | None, list[dict]]:
+        def scan(txn: lmdb.Transaction[bytes]) -> tuple[bytes | None, list[dict]]:
             cur = txn.get(b"current", db=meta)
             return (None if cur is None else bytes(cur),
                     [json.loads(bytes(v)) for _, v in txn.cursor(db=versions)])
@@ -294,7 +294,7 @@ class WeightStore:
         if not isinstance(version, str) or not isinstance(name, str):
             raise StoreError("version_array(version, name) takes two str")
 
-        def get(txn: lmdb.Transaction) -> tuple[bytes | None, bytes | None]:
+        def get(txn: lmdb.Transaction[bytes]) -> tuple[bytes | None, bytes | None]:
             hdr = txn.get(version.encode(), db=dbs["versions"])
             if hdr is None:
                 return None, None
@@ -317,7 +317,7 @@ class WeightStore:
         e = self._env()
         dbs = e.dbs
 
-        def get(txn: lmdb.Transaction) -> tuple[bool, bytes | None]:
+        def get(txn: lmdb.Transaction[bytes]) -> tuple[bool, bytes | None]:
             if txn.get(version.encode(), db=dbs["versions"]) is None:
                 return False, None
             r = txn.get(version.encode() + b"\x00" + ad_id.encode(), db=dbs["records"])
@@ -369,7 +369,7 @@ class WeightStore:
         users, meta = e.dbs["users"], e.dbs["meta"]
         ids = list(user_ids)
 
-        def get(txn: lmdb.Transaction) -> tuple[bytes | None, bytes | None, bytes | None, list[bytes | None]]:
+        def get(txn: lmdb.Transaction[bytes]) -> tuple[bytes | None, bytes | None, bytes | None, list[bytes | None]]:
             return (txn.get(b"current", db=meta), txn.get(b"user_features", db=meta), txn.get(b"n_users", db=meta),
                     [txn.get(u.encode(), db=users) if isinstance(u, str) and u else None for u in ids])
 
