@@ -22,7 +22,8 @@ from llmhyper._proto import ranker_pb2 as pb
 from llmhyper.auth import BearerTokenInterceptor, server_credentials
 from llmhyper.server.config import ServerConfig
 from llmhyper.server import metrics as _metrics
-from llmhyper.server.servicer import RankerServicer, add_ranker_to_server
+from llmhyper.server.guard import add_ranker_to_server
+from llmhyper.server.servicer import RankerServicer
 from llmhyper.store.weight_store import WeightStore
 
 log = logging.getLogger("llmhyper.server")
@@ -156,6 +157,7 @@ def create_server(address: str, store: WeightStore | str, **options: Any) -> tup
             (pb.DESCRIPTOR.services_by_name["Ranker"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         if config.tls_cert is not None:
+            assert config.tls_key is not None  # ServerConfig requires tls_cert and tls_key together
             port = server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca))
         else:
             port = server.add_insecure_port(address)

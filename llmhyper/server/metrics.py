@@ -1,6 +1,6 @@
 """Prometheus metrics of the Ranker server (``llmhyper serve --metrics-port``).
 
-Per call (fed by ``servicer._guard``): ``llmhyper_requests_total{method,code}``,
+Per call (fed by ``guard._guard``): ``llmhyper_requests_total{method,code}``,
 ``llmhyper_request_duration_seconds{method}`` (buckets 50 us .. 1 s), ``llmhyper_in_flight_requests``.
 Calls grpc itself sheds over ``--max-concurrent`` never reach a handler; they are counted in
 ``llmhyper_shed_total`` by a hook on grpc's rejection path.

@@ -20,9 +20,14 @@ Serving model
 * Health (grpc.health.v1): NOT_SERVING until the store is open, a version is loaded
   and ``scoring.warmup()`` compiled the kernels; SERVING after; NOT_SERVING first on
   shutdown, then ``server.stop(grace)`` lets in-flight calls finish.
-* Errors: handlers raise :class:`RequestError`; a wrapper turns it into the status code
-  with its message. Any unexpected exception is logged and answered INTERNAL; a
-  handler never answers UNKNOWN and never takes the server down.
+* Errors: handlers raise :class:`~llmhyper.server.errors.RequestError`; the guard
+  (``guard.py``) turns it into the status code with its message (``errors.status_of``, the
+  one place exceptions become codes). Any unexpected exception is logged and answered
+  INTERNAL; a handler never answers UNKNOWN and never takes the server down.
+
+Modules: ``state.py`` (:class:`ServingState`), ``inputs.py`` (inline features, allow/deny
+masks), ``explain.py`` (the Explain answer), ``errors.py``, ``guard.py`` (wrapping and
+registering the handlers: ``add_ranker_to_server``); this one holds the servicer itself.
 
 The server never imports ``offline``, torch, faiss or LLM clients.
 """
@@ -30,167 +35,33 @@ The server never imports ``offline``, torch, faiss or LLM clients.
 from __future__ import annotations
 
 import collections
-import functools
-import json
 import logging
-import secrets
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2
 
 import scoring
 from llmhyper._proto import ranker_pb2 as pb
 from llmhyper._proto import ranker_pb2_grpc as pb_grpc
 from llmhyper.server.config import ServerConfig
+from llmhyper.server.inputs import allow_mask, inline_rows, inline_vector
+from llmhyper.server.explain import explain_response
+from llmhyper.server.errors import _SC, RequestError, _invalid, _not_found, _preview, _short
 from llmhyper.server.metrics import ServerMetrics
-from llmhyper.store.weight_store import StoreError, UserNotFound, VersionNotFound, WeightStore
+from llmhyper.server.state import ServingState
+from llmhyper.store.weight_store import UserNotFound, VersionNotFound, WeightStore
 
 log = logging.getLogger("llmhyper.server")
 
 SERVICE_NAME = "llmhyper.v1.Ranker"
-_F32 = np.dtype(np.float32)
 _LE_F32 = np.dtype("<f4")
 _LE_I32 = np.dtype("<i4")
 _PONG = pb.PingResponse()
 _SYNC_ATTEMPTS = 3  # by-id reads that may each catch a newer publish before giving up
-_SC = grpc.StatusCode
-
-
-class RequestError(Exception):
-    """A request the server refuses: carries the gRPC status code and a message for the caller."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _invalid(msg: str) -> RequestError:
-    return RequestError(_SC.INVALID_ARGUMENT, msg)
-
-
-def _not_found(msg: str) -> RequestError:
-    return RequestError(_SC.NOT_FOUND, msg)
-
-
-_MAX_ECHO = 64  # characters of a caller-supplied string echoed back in an error message
-_MAX_DETAILS = 2000  # grpc clients drop a call whose status details exceed their metadata limit
-
-
-def _short(s: str) -> str:
-    """repr() of a caller-supplied string, cut to ``_MAX_ECHO`` characters for error messages."""
-    if len(s) <= _MAX_ECHO:
-        return repr(s)
-    return f"{s[:_MAX_ECHO]!r}... ({len(s)} chars)"
-
-
-def _preview(items: Sequence[str], n: int = 5) -> str:
-    shown = ", ".join(_short(s) for s in items[:n])
-    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
-class ServingState:
-    """Everything a request needs about one weight version, computed once when it is loaded.
-
-    Attributes:
-        view: the store's immutable VersionView.
-        version: version id.
-        theta: float32 [M, F] weights (zero-copy view on the store).
-        M, F: number of ads and features.
-        ad_ids: tuple of M ad ids in row order; ad_index: ad id -> row.
-        feature_names: tuple of F names; feature_index: name -> column.
-        map_default: float32 [F] starting vector for name->value requests (bias 1, rest 0).
-        rules: the version's content rules (scoring.rules.ContentRules), checked once here, or None.
-        sigma: float32 [M, F] posterior spread for Thompson exploration, or None.
-        sigma_bound: float64 [M] scoring.sigma_row_norms(sigma) (None without sigma).
-    """
-
-    __slots__ = (
-        "view", "version", "theta", "M", "F", "ad_ids", "ad_index", "feature_names",
-        "feature_index", "features", "map_default", "pb_features", "_users_checked",
-        "manifest_json", "created_at", "rules", "sigma", "sigma_bound",
-    )
-
-    def __init__(self, view: Any) -> None:
-        theta = view.theta
-        if not (isinstance(theta, np.ndarray) and theta.dtype == _F32 and theta.ndim == 2 and theta.flags.c_contiguous):
-            raise StoreError(f"version {view.version}: theta must be C-contiguous float32 [M, F]")
-        self.view = view
-        self.version: str = view.version
-        self.theta: np.ndarray = theta
-        self.M, self.F = (int(s) for s in theta.shape)
-        self.ad_ids: tuple[str, ...] = tuple(view.ad_ids)
-        self.ad_index: dict[str, int] = {a: i for i, a in enumerate(self.ad_ids)}
-        self.features: tuple[tuple[str, str], ...] = tuple((str(n), str(d)) for n, d in view.features)
-        self.feature_names: tuple[str, ...] = tuple(n for n, _ in self.features)
-        self.feature_index: dict[str, int] = {n: j for j, n in enumerate(self.feature_names)}
-        if len(self.feature_names) != self.F:
-            raise StoreError(f"version {self.version}: {len(self.feature_names)} feature names for F={self.F} columns")
-        md = np.zeros(self.F, dtype=np.float32)
-        if "bias" in self.feature_index:
-            md[self.feature_index["bias"]] = 1.0
-        self.map_default = md
-        self.pb_features = tuple(pb.Feature(name=n, description=d) for n, d in self.features)
-        self.manifest_json = json.dumps(view.manifest, sort_keys=True, default=str)
-        self.created_at = float(getattr(view, "created_at", 0.0) or 0.0)
-        self._users_checked: tuple[Any, str | None] | None = None
-        rules = getattr(view, "rules", None)
-        if rules is not None:
-            try:
-                scoring.check_rules(rules, self.M, self.F)
-            except ValueError as e:
-                raise StoreError(f"version {self.version}: stored content rules are invalid: {e}") from None
-        self.rules = rules
-        sigma = getattr(view, "sigma", None)
-        if sigma is not None and not (isinstance(sigma, np.ndarray) and sigma.dtype == _F32
-                                      and sigma.shape == theta.shape and sigma.flags.c_contiguous):
-            raise StoreError(f"version {self.version}: stored sigma must be C-contiguous float32 {theta.shape}")
-        self.sigma: np.ndarray | None = sigma
-        # per-ad ||sigma||_2, computed once per version: lets the Thompson kernels skip ads
-        self.sigma_bound: np.ndarray | None = None if sigma is None else scoring.sigma_row_norms(sigma)
-
-    def exploration(self, request: Any, default: bool) -> tuple[bool, int]:
-        """(explore?, seed) for a Rank/RankBatch request: its ``explore`` field, else the
-        server default; the request's seed, else a random one. INVALID_ARGUMENT when
-        exploring a version that has no stored posterior spread."""
-        explore = request.explore if request.HasField("explore") else default
-        if not explore:
-            return False, 0
-        if self.sigma is None:
-            raise _invalid(f"version {self.version} has no posterior spread (sigma) to sample from; "
-                           "publish it with sigma, or send explore=false")
-        seed = request.seed if request.HasField("seed") else secrets.randbits(64)
-        return True, int(seed)
-
-    def rules_for(self, request: Any) -> tuple[Any, bool]:
-        """(rules to apply or None, whether the request applies the version's rules)."""
-        apply = not request.HasField("apply_content_rules") or request.apply_content_rules
-        return (self.rules if apply else None), bool(apply)
-
-    def users_problem(self, user_features: Sequence[tuple[str, str]] | None) -> str | None:
-        """None when a user table with this schema can be scored by this version (or there is
-        no table), else the FAILED_PRECONDITION message. The last answer is kept per schema
-        object (the store hands out the same tuple while the table is unchanged)."""
-        last = self._users_checked
-        if last is not None and last[0] is user_features:
-            return last[1]
-        problem = self._users_problem(user_features)
-        self._users_checked = (user_features, problem)
-        return problem
-
-    def _users_problem(self, user_features: Sequence[tuple[str, str]] | None) -> str | None:
-        if user_features is None:
-            return None  # no table: every user id is simply unknown (NOT_FOUND)
-        names = tuple(n for n, _ in user_features)
-        if names != self.feature_names:
-            return (f"the store's user table has {len(names)} features that do not match the "
-                    f"{self.F} features of version {self.version}; send inline features instead")
-        return None
 
 
 class RankerServicer(pb_grpc.RankerServicer):
@@ -459,50 +330,12 @@ class RankerServicer(pb_grpc.RankerServicer):
         if user_id:
             st, U = self._users_by_id(st, live, [user_id])
             return st, U[0]
-        if n_dense:
-            if n_dense != st.F:
-                raise _invalid(f"features has {n_dense} values, expected F={st.F} for version {st.version} "
-                               f"(schema order: {_preview(list(st.feature_names), 4)})")
-            x = np.fromiter(dense, dtype=_F32, count=n_dense)
-        else:
-            x = st.map_default.copy()
-            index = st.feature_index
-            unknown = []
-            for name, value in fmap.items():
-                j = index.get(name)
-                if j is None:
-                    unknown.append(name)
-                else:
-                    x[j] = value
-            if unknown:
-                raise _invalid(f"unknown feature name(s) in feature_map: {_preview(sorted(unknown))}; "
-                               f"version {st.version} has {st.F} features: {_preview(list(st.feature_names), 6)}")
-        if not np.isfinite(x).all():
-            bad = int(np.flatnonzero(~np.isfinite(x))[0])
-            raise _invalid(f"feature {st.feature_names[bad]!r} (index {bad}) is {float(x[bad])}; values must be finite")
-        return st, x
+        return st, inline_vector(st, dense, fmap)
 
     def _check_k(self, k: int) -> int:
         if k < 1 or k > self._max_k:
             raise _invalid(f"top_k must be in [1, {self._max_k}], got {k}")
         return k
-
-    def _allow_mask(self, st: ServingState, allow_ids: Sequence[str], deny_ids: Sequence[str]) -> np.ndarray | None:
-        """uint8 [M] candidate mask, or None when every ad is a candidate."""
-        if not allow_ids and not deny_ids:
-            return None
-        index = st.ad_index
-        unknown = [a for a in allow_ids if a not in index] + [a for a in deny_ids if a not in index]
-        if unknown:
-            raise _not_found(f"unknown ad id(s) in allow/deny list for version {st.version}: {_preview(unknown)}")
-        if allow_ids:
-            mask = np.zeros(st.M, dtype=np.uint8)
-            mask[[index[a] for a in allow_ids]] = 1
-        else:
-            mask = np.ones(st.M, dtype=np.uint8)
-        if deny_ids:
-            mask[[index[a] for a in deny_ids]] = 0
-        return mask
 
     def _before_kernel(self, context: grpc.ServicerContext) -> None:
         if self._delay:
@@ -522,7 +355,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         st, x = self._user_vector(st, self._is_live(request.version), request.user_id,
                                   request.features, request.feature_map)
         k = self._check_k(request.top_k)
-        mask = self._allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
+        mask = allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
         rules, applied = st.rules_for(request)
         explore, seed = st.exploration(request, self._config.explore_default)
         resp = pb.RankResponse(version=st.version, content_rules_applied=applied, explored=explore, seed=seed)
@@ -530,6 +363,7 @@ class RankerServicer(pb_grpc.RankerServicer):
             return resp  # every ad filtered out: nothing to rank
         self._before_kernel(context)
         if explore:  # ranked by the sample; the returned logit/ctr are the mean ones
+            assert st.sigma is not None  # exploration() refuses a version without sigma
             idx, logit, prob, _ = scoring.topk_one_thompson(st.theta, st.sigma, x, k, seed, mask, rules,
                                                             st.sigma_bound)
         else:
@@ -574,18 +408,13 @@ class RankerServicer(pb_grpc.RankerServicer):
             raise _invalid("no users given: set features (packed float32 [B, F]) and/or user_ids")
         if B > self._config.max_batch_users:
             raise _invalid(f"batch has {B} users, more than the limit of {self._config.max_batch_users}")
-        X_inline = np.frombuffer(raw, dtype=_LE_F32).reshape(n_inline, F) if n_inline else None
-        if X_inline is not None and X_inline.dtype != _F32:  # big-endian host
-            X_inline = X_inline.astype(_F32)
-        if X_inline is not None and not np.isfinite(X_inline).all():
-            r, c = (int(v) for v in np.argwhere(~np.isfinite(X_inline))[0])
-            raise _invalid(f"features row {r}, feature {st.feature_names[c]!r} (index {c}) is "
-                           f"{float(X_inline[r, c])}; values must be finite")
+        X_inline = inline_rows(st, raw, n_inline)
         if U is not None:
             X = U if X_inline is None else np.concatenate([X_inline, U])
         else:
+            assert X_inline is not None  # B > 0 without user ids: the inline rows are there
             X = X_inline
-        mask = self._allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
+        mask = allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
         rules, applied = st.rules_for(request)
         explore, seed = st.exploration(request, self._config.explore_default)
         resp = pb.RankBatchResponse(version=st.version, num_users=B, content_rules_applied=applied,
@@ -596,6 +425,7 @@ class RankerServicer(pb_grpc.RankerServicer):
             return resp  # k = 0, empty arrays
         self._before_kernel(context)
         if explore:
+            assert st.sigma is not None  # exploration() refuses a version without sigma
             idx, logit, prob, _ = scoring.topk_batch_thompson(st.theta, st.sigma, X, k, seed, mask, rules,
                                                               st.sigma_bound)
         else:
@@ -625,29 +455,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         ctr = scoring.sigmoid(logit)
         self._count_kernel()
         record = self._store.ad_record(st.version, request.ad_id)
-        rationale = record.get("rationale") if isinstance(record, dict) else None
-        per_feature = rationale if isinstance(rationale, dict) else {}
-        resp = pb.ExplainResponse(version=st.version, ad_id=request.ad_id, logit=float(logit[0]), ctr=float(ctr[0]))
-        order = np.argsort(-np.abs(contrib), kind="stable")
-        xs, ws, cs = x.tolist(), theta_row.tolist(), contrib.tolist()
-        for j in order.tolist():
-            name, desc = st.features[j]
-            reason = per_feature.get(name, "")
-            resp.contributions.add(name=name, description=desc, value=xs[j], weight=ws[j], contribution=cs[j],
-                                   rationale=reason if isinstance(reason, str) else json.dumps(reason, default=str))
-        if rationale is not None:
-            resp.rationale_json = json.dumps(rationale, sort_keys=True, default=str)
-        if isinstance(record, dict):
-            rest = {k: v for k, v in record.items() if k != "rationale"}
-            if rest:
-                resp.provenance_json = json.dumps(rest, sort_keys=True, default=str)
-        if st.rules is not None:  # the ad's few rules, tested exactly as the kernels do
-            for r, f, t in st.rules.of_ad(i):
-                fires = bool(x[f] > np.float32(t))
-                resp.content_rules.add(feature=st.feature_names[f], threshold=t, value=xs[f], fires=fires,
-                                       rule_index=r)
-                resp.excluded_by_rules |= fires
-        return resp
+        return explain_response(st, request.ad_id, i, x, contrib, logit, ctr, record)
 
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         st = self._state_for(request.version)
@@ -663,122 +471,3 @@ class RankerServicer(pb_grpc.RankerServicer):
 
     def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
         return _PONG
-
-
-class _BadBytes:
-    """What the request deserializer returns for bytes that are not the method's protobuf."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: str) -> None:
-        self.error = error
-
-
-_BAD_BYTES_LOG_EVERY_S = 10.0
-_bad_bytes_log = {"last": 0.0, "suppressed": 0}
-_bad_bytes_lock = threading.Lock()
-
-
-def _log_bad_bytes(name: str, error: str) -> None:
-    """One log line per ``_BAD_BYTES_LOG_EVERY_S`` seconds at most, with how many were suppressed."""
-    now = time.monotonic()
-    with _bad_bytes_lock:
-        if now - _bad_bytes_log["last"] < _BAD_BYTES_LOG_EVERY_S:
-            _bad_bytes_log["suppressed"] += 1
-            return
-        suppressed, _bad_bytes_log["suppressed"], _bad_bytes_log["last"] = _bad_bytes_log["suppressed"], 0, now
-    log.warning("%s: request bytes do not parse (%s); answered INVALID_ARGUMENT (%d more such requests "
-                "in the last %.0f s not logged)", name, error, suppressed, _BAD_BYTES_LOG_EVERY_S)
-
-
-def _safe_deserializer(message_cls: Any) -> Callable[[bytes], Any]:
-    """``message_cls.FromString`` that returns a :class:`_BadBytes` instead of raising, so the
-    guard answers INVALID_ARGUMENT (grpc itself would answer INTERNAL and log a traceback)."""
-    parse = message_cls.FromString
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except (DecodeError, ValueError, RuntimeError) as e:
-            return _BadBytes(f"{type(e).__name__}: {str(e)[:120]}")
-
-    return deserialize
-
-
-def _guard(servicer: RankerServicer, name: str, fn: Callable) -> Callable:
-    """Wrap a handler: count it (counters and Prometheus metrics), map refusals to their status,
-    and never let an exception escape."""
-    metrics = servicer.metrics
-    codes, latency = metrics.for_method(name)
-    in_flight = metrics.in_flight
-    count = metrics.count
-    observe = latency.observe
-    clock = time.perf_counter
-
-    @functools.wraps(fn)
-    def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        t0 = clock()
-        lock = servicer._lock
-        with lock:
-            servicer._requests += 1
-        in_flight.inc()
-        try:
-            try:
-                if request.__class__ is _BadBytes:
-                    _log_bad_bytes(name, request.error)
-                    raise _invalid(f"request bytes are not a valid {name} request message ({request.error})")
-                if not servicer._ready and name != "Ping":
-                    raise RequestError(_SC.UNAVAILABLE, "server is starting: kernels warming up or no version published yet")
-                resp = fn(request, context)
-                count(name, codes, "OK")
-                return resp
-            except RequestError as e:
-                code, msg = e.code, e.message
-            except VersionNotFound as e:
-                code, msg = _SC.NOT_FOUND, str(e)
-            except ValueError as e:  # a validation we did not anticipate: still the caller's input
-                code, msg = _SC.INVALID_ARGUMENT, f"invalid request: {e}"
-            except StoreError as e:
-                log.exception("%s: store error", name)
-                code, msg = _SC.INTERNAL, f"store error: {e}"
-            except Exception as e:
-                log.exception("%s: unexpected error", name)
-                code, msg = _SC.INTERNAL, f"internal error in {name}: {type(e).__name__}: {e}"
-            with lock:
-                servicer._errors[code.name] += 1
-            count(name, codes, code.name)
-        finally:
-            in_flight.dec()
-            observe(clock() - t0)
-        if len(msg) > _MAX_DETAILS:  # never let an echoed value turn the answer into RESOURCE_EXHAUSTED
-            msg = msg[:_MAX_DETAILS] + "..."
-        context.abort(code, msg)
-
-    return handler
-
-
-_METHODS = (("Rank", pb.RankRequest, pb.RankResponse), ("RankBatch", pb.RankBatchRequest, pb.RankBatchResponse),
-            ("Explain", pb.ExplainRequest, pb.ExplainResponse), ("GetModelInfo", pb.GetModelInfoRequest, pb.ModelInfo),
-            ("Ping", pb.PingRequest, pb.PingResponse))
-
-
-class _GuardedServicer(pb_grpc.RankerServicer):
-    """The servicer's RPC methods, each wrapped by :func:`_guard`."""
-
-    def __init__(self, inner: RankerServicer) -> None:
-        for name, _, _ in _METHODS:
-            setattr(self, name, _guard(inner, name, getattr(inner, name)))
-
-
-def add_ranker_to_server(inner: RankerServicer, server: grpc.Server) -> None:
-    """Register the guarded Ranker methods on ``server`` like the generated
-    ``add_RankerServicer_to_server``, but with request deserializers that turn unparseable bytes
-    into INVALID_ARGUMENT answered by the guard."""
-    guarded = _GuardedServicer(inner)
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(getattr(guarded, name), request_deserializer=_safe_deserializer(req),
-                                                  response_serializer=resp.SerializeToString)
-        for name, req, resp in _METHODS
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)

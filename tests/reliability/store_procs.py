@@ -14,7 +14,7 @@ def rows(seq: int) -> int:
 
 
 # Slots of the shared ``state`` array a publisher writes (the parent reads it after the kill).
-IN_TXN, OP = 0, 1      # IN_TXN: 1 while a write txn is open (weight_store.WRITE_TXN_PROBE)
+IN_TXN, OP = 0, 1      # IN_TXN: 1 while a write txn is open (llmhyper.store.env.WRITE_TXN_PROBE)
 PUBLISH, PRUNE = 1, 2  # OP: which call the process is in
 
 
@@ -22,13 +22,13 @@ def publisher(path: str, conn, state=None) -> None:
     """Publish forever: version k has rows(k) ads ``k_i``, every weight == k, manifest {"seq": k},
     a record for every 100th ad; prune to 3 every third version. Reports begin/done on ``conn``;
     with ``state`` (a shared int array) also whether a write transaction is open, and in which call."""
-    from llmhyper.store import weight_store
+    from llmhyper.store import env as store_env
     from llmhyper.store.weight_store import WeightStore
 
     if state is not None:
         def probe(event: str) -> None:
             state[IN_TXN] = 1 if event == "begin" else 0
-        weight_store.WRITE_TXN_PROBE = probe
+        store_env.WRITE_TXN_PROBE = probe
     s = WeightStore(path, map_size=256 << 10)  # small map: kills also land inside map growth
     feats = [("bias", "")] + [(f"f{j}", "") for j in range(1, F)]
     conn.send(("ready", 0))

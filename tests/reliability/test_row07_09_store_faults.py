@@ -2,7 +2,7 @@
 
 Row 7: a publisher process SIGKILLed at random points, 50 times: after every kill the store
 opens (read-only and writable) and a reader sees one complete version. The child marks in
-shared memory when an LMDB write transaction is open (``weight_store.WRITE_TXN_PROBE``), so
+shared memory when an LMDB write transaction is open (``llmhyper.store.env.WRITE_TXN_PROBE``), so
 the kills that landed inside a write transaction -- the case that matters -- are counted.
 Row 8: a store that cannot grow (map at its maximum; and a file-size limit, like a full disk,
 through ``llmhyper publish``): the publish fails with a clear error and the running
