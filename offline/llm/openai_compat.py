@@ -29,6 +29,14 @@ _FORMAT_MODES = ("json_schema", "json_object_schema", "json_object", "none")
 _FORMAT_COMPLAINT = re.compile(r"response_format|json_schema|json_object|schema", re.IGNORECASE)
 
 
+_LOOPBACK_PORT = re.compile(r"^(https?://(?:127\.0\.0\.1|localhost|\[::1\])):\d+(/|$)", re.IGNORECASE)
+
+
+def _endpoint_key(base_url: str) -> str:
+    """``base_url`` for cache keys: ``http://127.0.0.1:PORT/v1`` -> ``http://127.0.0.1:*/v1``."""
+    return _LOOPBACK_PORT.sub(r"\1:*\2", base_url)
+
+
 class OpenAICompatBackend:
     """``LLMBackend`` over HTTP for OpenAI-style ``/chat/completions``.
 
@@ -73,8 +81,10 @@ class OpenAICompatBackend:
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout_s), trust_env=False)
 
     def fingerprint(self) -> str:
-        """Settings that change answers: endpoint, model, temperature, output cap."""
-        return f"openai|{self.base_url}|{self.model}|t={self.temperature}|max={self.max_tokens}"
+        """Settings that change answers: endpoint, model, temperature, output cap. A loopback
+        endpoint's port is left out (``llmhyper local-llm --exec`` serves on a new free port each
+        run, and the answer cache must still let a killed build resume); a remote host keeps it."""
+        return f"openai|{_endpoint_key(self.base_url)}|{self.model}|t={self.temperature}|max={self.max_tokens}"
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -167,6 +167,18 @@ def test_make_backend(server):
         make_backend("openai", {"model": "m"})
 
 
+def test_fingerprint_ignores_a_loopback_port_but_not_a_remote_one():
+    """`local-llm --exec` serves on a new free port each run; the answer cache must still match."""
+    def fp(url):
+        return make_backend("openai", {"model": "m", "base_url": url}).fingerprint()
+
+    assert fp("http://127.0.0.1:40001/v1") == fp("http://127.0.0.1:40002/v1")
+    assert fp("http://localhost:8080/v1") == fp("http://localhost:9090/v1")
+    assert fp("http://127.0.0.1:40001/v1") != fp("http://localhost:40001/v1")
+    assert fp("http://gpu-box:8000/v1") != fp("http://gpu-box:8001/v1")
+    assert fp("http://127.0.0.1:40001/v1") != fp("http://127.0.0.1:40001/v2")
+
+
 def test_make_backend_names_unknown_options_and_kinds():
     with pytest.raises(ValueError, match=r"unknown LLM backend option\(s\) \['temprature'\]"):
         make_backend("openai", {"base_url": "http://127.0.0.1:1/v1", "model": "m", "temprature": 0.2})
