@@ -108,7 +108,7 @@ def serve(port: int, threads: int = 2, ctx: int = 8192, quiet: bool = False) -> 
     x = _xllamacpp()
     params = x.CommonParams()
     params.model.path = str(model_path(quiet))
-    params.model_alias = MODEL_NAME
+    params.model_alias = {MODEL_NAME}  # a set of names: a plain str would become a set of its characters
     params.n_ctx = ctx
     params.n_parallel = 1
     params.cpuparams.n_threads = threads

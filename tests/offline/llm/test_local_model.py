@@ -52,6 +52,10 @@ def test_real_local_model_answers_through_the_openai_backend():
                             schema, seed=0)
         ans = json.loads(reply.text)
         assert set(ans) == {"sign"} and ans["sign"] in (-1, 1)
+        import urllib.request
+
+        with urllib.request.urlopen(lm.base_url + "/models", timeout=5) as r:  # served under its own name
+            assert [m["id"] for m in json.loads(r.read())["data"]] == [lm.model]
     with pytest.raises(OSError):  # stopped on exit
         import urllib.request
 
