@@ -63,11 +63,17 @@ def forked(tmp_path):
 
     assert wait_for(all_serving, timeout=90)
     yield proc, target, mport, world
+    # the children are listed before the parent goes: once it is reaped they belong to init
+    # and no longer show as its children, and a killed parent would leave them serving
+    children = child_pids(proc.pid)
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
-    for pid in child_pids(proc.pid):
-        os.kill(pid, signal.SIGKILL)
+    for pid in children | child_pids(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.stdout.close()
     proc.stderr.close()
 
