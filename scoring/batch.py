@@ -50,7 +50,6 @@ from .kernels import (
     _THETA_BAD,
     _U8_1D,
     INSERTION_MAX_K,
-    _dot64,
     _finite,
     _sigmoid64,
 )
@@ -237,13 +236,112 @@ def _all_candidates(Zr, use_mask, allow, ci):  # pragma: no cover - compiled
     return nc
 
 
+#: Up to this many exact candidates are ranked by counting, above by insertion.
+_RANK_MAX = 32
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _dots64(theta, ci, nc, xd, sv):  # pragma: no cover - compiled
+    """sv[c] = float64 dot product of theta[ci[c], :] with xd, for c < nc: the loop of
+    :func:`scoring.kernels._dot64` (same flags, same inner loop, so the same sums), run
+    for all of a user's candidates in one call instead of one call per candidate."""
+    F = xd.shape[0]
+    for c in range(nc):
+        i = ci[c]
+        s = 0.0
+        for j in range(F):
+            s += np.float64(theta[i, j]) * xd[j]
+        sv[c] = s
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _load_bound(X, b, cmax, xd):  # pragma: no cover - compiled
+    """xd[:] = float64(X[b, :]); returns sum_j cmax[j] |xd[j]|, the scale of the row's error
+    bound. Summed in any order: the bound's factor (F + 1) 2**-23 exceeds what it must
+    cover (F 2**-23) by far more than the ~F 2**-53 this order can change the sum."""
+    s = 0.0
+    for j in range(xd.shape[0]):
+        v = np.float64(X[b, j])
+        xd[j] = v
+        s += cmax[j] * abs(v)
+    return s
+
+
 @njit(inline="always", **_KW)
-def _select_row(theta, Zr, xd, kk, use_mask, allow, tol, oi, ol, ob, buf, ci, cv, cmx, lv, kc):  # pragma: no cover
+def _kth_by_count(v, n, kk):  # pragma: no cover - compiled
+    """The kk-th largest of v[:n] (n >= kk >= 1): the smallest value that fewer than kk
+    values beat. O(n^2) comparisons with no data-dependent branch (they vectorise), which
+    beats an insertion selection, whose inserts mispredict, for n up to a few dozen."""
+    t = np.float32(np.inf)
+    for c in range(n):
+        z = v[c]
+        beat = 0
+        for d in range(n):
+            beat += v[d] > z
+        t = z if (beat < kk) & (z < t) else t
+    return t
+
+
+@njit(inline="always", **_KW)
+def _finish_row(theta, xd, kk, nc, ci, cv, sv, oi, ol, ob):  # pragma: no cover - compiled
+    """Re-score a user's nc candidates ci[:nc] (ad index order) exactly and write its top
+    min(kk, nc) into row ``ob`` of oi/ol [B, kk], by logit descending, ties to the lower
+    index; returns how many, or -1 if a candidate's row of theta is non-finite.
+    cv float32 / sv float64: scratch of >= nc (sv is replaced when smaller)."""
+    if sv.shape[0] < nc:
+        sv = np.empty(nc, np.float64)
+    _dots64(theta, ci, nc, xd, sv)
+    for c in range(nc):
+        s = sv[c]
+        if not _finite(s):
+            return -1
+        cv[c] = np.float32(s)
+    kr = min(kk, nc)
+    if nc <= _RANK_MAX:
+        # rank by counting (no data-dependent branch): candidate c goes to the place of the
+        # candidates ranked before it, by logit descending, ties to the lower index (c's
+        # index order is the ad index order)
+        for c in range(nc):
+            z = cv[c]
+            before = 0
+            for d in range(nc):
+                w = cv[d]
+                before += (w > z) | ((w == z) & (d < c))
+            if before < kr:
+                ol[ob, before] = z
+                oi[ob, before] = ci[c]
+        return kr
+    if kr <= INSERTION_MAX_K:
+        n = 0  # sorted insertion; candidates arrive in index order, so ties keep the lower index
+        for c in range(nc):
+            z = cv[c]
+            if n == kr:
+                if not (z > ol[ob, kr - 1]):
+                    continue
+                pos = kr - 1
+            else:
+                pos = n
+                n += 1
+            while pos > 0 and ol[ob, pos - 1] < z:
+                ol[ob, pos] = ol[ob, pos - 1]
+                oi[ob, pos] = oi[ob, pos - 1]
+                pos -= 1
+            ol[ob, pos] = z
+            oi[ob, pos] = ci[c]
+        return kr
+    order = np.argsort(-cv[:nc], kind="mergesort")  # stable: equal logits keep index order
+    for t in range(kr):
+        oi[ob, t] = ci[order[t]]
+        ol[ob, t] = cv[order[t]]
+    return kr
+
+
+@njit(inline="always", **_KW)
+def _select_row(theta, Zr, xd, kk, use_mask, allow, tol, oi, ol, ob, buf, ci, cv, sv, cmx, lv, kc):  # pragma: no cover
     """Top kk of one user into row ``ob`` of oi/ol [B, kk] (whole arrays: no per-row views);
     returns how many were filled (<= kk), -1 if a re-scored allowed row of theta is non-finite.
 
-    buf [min(kk, 64)], ci/cv [cap], cmx/lv float32 and kc int64 [ceil(M / 4)]: per-row
-    scratch (ci/cv are replaced by larger arrays when more candidates survive than they hold).
+    buf [min(kk, 64)], ci/cv [cap], sv float64 [cap], cmx/lv float32 and kc int64 [ceil(M / 4)]:
+    per-row scratch (ci/cv are replaced by larger arrays when more candidates survive than they hold).
     """
     M = Zr.shape[0]
     a = 2.0 * tol
@@ -276,35 +374,7 @@ def _select_row(theta, Zr, xd, kk, use_mask, allow, tol, oi, ol, ob, buf, ci, cv
             ci = np.empty(nc, np.int64)
             cv = np.empty(nc, np.float32)
             _all_candidates(Zr, use_mask, allow, ci)
-    for c in range(nc):
-        s = _dot64(theta, ci[c], xd)
-        if not _finite(s):
-            return -1
-        cv[c] = np.float32(s)
-    kr = min(kk, nc)
-    if kr <= INSERTION_MAX_K:
-        n = 0  # sorted insertion; candidates arrive in index order, so ties keep the lower index
-        for c in range(nc):
-            z = cv[c]
-            if n == kr:
-                if not (z > ol[ob, kr - 1]):
-                    continue
-                pos = kr - 1
-            else:
-                pos = n
-                n += 1
-            while pos > 0 and ol[ob, pos - 1] < z:
-                ol[ob, pos] = ol[ob, pos - 1]
-                oi[ob, pos] = oi[ob, pos - 1]
-                pos -= 1
-            ol[ob, pos] = z
-            oi[ob, pos] = ci[c]
-        return kr
-    order = np.argsort(-cv[:nc], kind="mergesort")  # stable: equal logits keep index order
-    for t in range(kr):
-        oi[ob, t] = ci[order[t]]
-        ol[ob, t] = cv[order[t]]
-    return kr
+    return _finish_row(theta, xd, kk, nc, ci, cv, sv, oi, ol, ob)
 
 
 #: Users per prange task: each task allocates its scratch once and reuses it row by row
@@ -330,18 +400,15 @@ def _select_block(theta, Z, X, row0, kk, allow, cmax, idx, lg, pr, status):  # p
         buf = np.empty(min(kk, INSERTION_MAX_K), np.float32)
         ci = np.empty(cap, np.int64)
         cv = np.empty(cap, np.float32)
+        sv = np.empty(cap, np.float64)
         cmx = np.empty((M + 3) // 4, np.float32)
         lv = np.empty((M + 3) // 4, np.float32)
         kc = np.empty((M + 3) // 4, np.int64)
         for r in range(q * _ROWS_PER_TASK, min(nb, (q + 1) * _ROWS_PER_TASK)):
             b = row0 + r
-            s = 0.0
-            for j in range(F):
-                v = np.float64(X[b, j])
-                xd[j] = v
-                s += cmax[j] * abs(v)
+            s = _load_bound(X, b, cmax, xd)
             n = _select_row(theta, Z[r], xd, kk, use_mask, allow, tscale * s, idx, lg, b,
-                            buf, ci, cv, cmx, lv, kc)
+                            buf, ci, cv, sv, cmx, lv, kc)
             if n < 0:
                 status[r] = 2
                 n = 0
@@ -402,6 +469,15 @@ def topk_batch(theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray,
     if not np.isfinite(X).all():
         raise ValueError("X contains NaN or inf")
     cmax = colmax(theta)
+    if exclude is None and select is select_block:
+        from . import batch_small  # imports this module's kernels; loaded on first use
+
+        if batch_small.use_small(M, kk):
+            with np.errstate(all="ignore"):
+                ok = batch_small.topk_small(theta, X, kk, allow, cmax, idx, lg, pr)
+            if not ok:
+                raise ValueError(_THETA_BAD)
+            return idx, lg, pr
     nb = min(block_rows(M), B)
     Z = _block(nb, M)
     status = np.zeros(nb, np.uint8)
