@@ -33,6 +33,7 @@ import weakref
 import numpy as np
 
 from . import batch as _b
+from . import batch_small as _bs
 from . import kernels as _k
 from . import thompson as _t
 from .rules import ContentRules, check_rules, make_rules, rule_arrays
@@ -224,8 +225,20 @@ def topk_batch(
     _check_pair("theta", theta, "X", X, 2)
     if type(k) is not int or not 0 < k <= _KMAX:
         k = _check_k(k)
-    hook = _exclusion_hook(X, _rules(rules, theta), exclude)
-    return _b.topk_batch(theta, X, k, _mask(allow, theta.shape[0]), hook, _batch_select)
+    return _batch(theta, X, k, _mask(allow, theta.shape[0]), _rules(rules, theta), exclude)
+
+
+def _batch(theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray,
+           arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+           exclude: _b.ExcludeHook | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch top-k of checked inputs: the small-catalog path (:mod:`scoring.batch_small`)
+    where it applies, else the row-major sgemm path with the rules as an exclusion hook."""
+    if exclude is None and _batch_select is _b.select_block:
+        M = theta.shape[0]
+        n_ok = M if allow.shape[0] == 0 else int(np.count_nonzero(allow))
+        if _bs.use_small(M, min(k, n_ok)):
+            return _bs.topk_batch(theta, X, k, allow, arrays)
+    return _b.topk_batch(theta, X, k, allow, _exclusion_hook(X, arrays, exclude), _batch_select)
 
 
 def _exclusion_hook(X: np.ndarray, arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -262,8 +275,7 @@ def topk_batch_unchecked(
     rules: ContentRules | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`topk_batch` without validation (same contract as :func:`topk_one_unchecked`)."""
-    hook = _exclusion_hook(X, rule_arrays(rules), None)
-    return _b.topk_batch(theta, X, k, _NO_MASK if allow is None else allow, hook, _batch_select)
+    return _batch(theta, X, k, _NO_MASK if allow is None else allow, rule_arrays(rules), None)
 
 
 def _check_sigma(sigma: object, theta: np.ndarray) -> None:

@@ -469,15 +469,6 @@ def topk_batch(theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray,
     if not np.isfinite(X).all():
         raise ValueError("X contains NaN or inf")
     cmax = colmax(theta)
-    if exclude is None and select is select_block:
-        from . import batch_small  # imports this module's kernels; loaded on first use
-
-        if batch_small.use_small(M, kk):
-            with np.errstate(all="ignore"):
-                ok = batch_small.topk_small(theta, X, kk, allow, cmax, idx, lg, pr)
-            if not ok:
-                raise ValueError(_THETA_BAD)
-            return idx, lg, pr
     nb = min(block_rows(M), B)
     Z = _block(nb, M)
     status = np.zeros(nb, np.uint8)

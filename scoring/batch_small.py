@@ -19,9 +19,10 @@ tightened to the exact kk-th largest when there are many, and the exact re-score
 ranking are those of :mod:`scoring.batch` (:func:`scoring.batch._finish_row`), so the
 answers are identical to :func:`scoring.batch.topk_batch` and :func:`scoring.topk_one`.
 
-The path is serial and has no per-user exclusion hook (the hook edits row-major
-blocks); :func:`scoring.batch.topk_batch` uses it only then, on catalogs where it was
-measured faster (:func:`use_small`).
+The path is serial, and takes content rules as their by-feature arrays (masked into each
+transposed block) but no other exclusion hook (hooks edit row-major blocks). The public
+:func:`scoring.topk_batch` sends a call here when it has no hook, runs single-threaded,
+and the catalog is one where this was measured faster (:func:`use_small`).
 """
 from __future__ import annotations
 
@@ -41,10 +42,12 @@ from .batch import (
     _kth_by_count,
     _kth_largest,
     _threshold32,
+    colmax,
 )
-from .kernels import _F32_2D, _OUT_F32_2D, _OUT_I64_2D, _U8_1D, INSERTION_MAX_K, _sigmoid64
+from .kernels import _F32_2D, _OUT_F32_2D, _OUT_I64_2D, _THETA_BAD, _U8_1D, INSERTION_MAX_K, _sigmoid64
+from .rules import _clear_mask, _exclusion_mask
 
-__all__ = ["use_small", "select_block_t", "BLOCK_USERS"]
+__all__ = ["use_small", "topk_batch", "select_block_t", "BLOCK_USERS"]
 
 _KW = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 _ZT_2D = types.Array(types.float32, 2, "C")
@@ -164,7 +167,7 @@ def select_block_t(theta, Zt, X, row0, kk, allow, cmax, idx, lg, pr, status):  #
 _scratch = threading.local()
 
 
-def block_t(M: int, nb: int) -> np.ndarray:
+def _block_t(M: int, nb: int) -> np.ndarray:
     """This thread's reusable float32 [M, nb] transposed logits block."""
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.shape[0] < M * nb:
@@ -173,18 +176,62 @@ def block_t(M: int, nb: int) -> np.ndarray:
     return buf[: M * nb].reshape(M, nb)
 
 
-def topk_small(theta: np.ndarray, X: np.ndarray, kk: int, allow: np.ndarray, cmax: np.ndarray,
-               idx: np.ndarray, lg: np.ndarray, pr: np.ndarray) -> bool:
-    """Fill idx/lg/pr [B, kk] for all B users (inputs checked by the caller, X finite,
-    kk >= 1, :func:`use_small` true); returns False if an allowed row of theta is non-finite."""
+@njit(**_KW)
+def _mask_t(Zt, X, row0, fptr, fthr, fad, ex):  # pragma: no cover - compiled
+    """Content rules on a transposed block: Zt[a, r] = -inf where a rule of ad a fires for
+    user row0 + r (rules as :func:`scoring.rules._mask_block`; ex: uint8 [M] of 0s, left 0s)."""
+    M, nb = Zt.shape
+    F = X.shape[1]
+    lowest = np.full(F, np.inf)  # per feature, the lowest threshold: no rule fires at or below it
+    for f in range(fptr.shape[0] - 1):
+        if fptr[f] < fptr[f + 1]:
+            lowest[f] = np.float64(fthr[fptr[f]])
+    for r in range(nb):
+        b = row0 + r
+        fires = False
+        for f in range(F):  # most users trip no rule: one vectorised pass says so
+            fires |= np.float64(X[b, f]) > lowest[f]
+        if not fires or _exclusion_mask(fptr, fthr, fad, X, b, ex) == 0:
+            continue
+        for a in range(M):
+            if ex[a] != 0:
+                Zt[a, r] = _NEG_INF
+        _clear_mask(fptr, fthr, fad, X, b, ex)
+
+
+def topk_batch(theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray,
+               rules: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`scoring.batch.topk_batch` (same arguments, checks and answers) on a small
+    catalog (:func:`use_small` of M and k' true), with content rules as their by-feature
+    arrays (``rules[0]`` of length 0: none) instead of an exclusion hook.
+
+    theta: float32 C [M, F]; X: float32 C [B, F]; allow: uint8 [M] or length 0. Returns
+    (idx int64 [B, k'], logit float32 [B, k'], prob float32 [B, k']). Raises ValueError for
+    NaN/inf in X or in an allowed row of theta.
+    """
     B = X.shape[0]
     M = theta.shape[0]
+    n_ok = M if allow.shape[0] == 0 else int(np.count_nonzero(allow))
+    kk = max(min(k, n_ok), 0)
+    idx = np.empty((B, kk), np.int64)
+    lg = np.empty((B, kk), np.float32)
+    pr = np.empty((B, kk), np.float32)
+    if kk == 0 or B == 0:
+        return idx, lg, pr
+    if not np.isfinite(X).all():
+        raise ValueError("X contains NaN or inf")
+    cmax = colmax(theta)
+    fptr, fthr, fad = rules
+    ex = np.zeros(M, np.uint8)
     status = np.zeros(BLOCK_USERS, np.uint8)
-    for r0 in range(0, B, BLOCK_USERS):
-        r1 = min(B, r0 + BLOCK_USERS)
-        Zt = block_t(M, r1 - r0)
-        np.matmul(theta, X[r0:r1].T, out=Zt)
-        select_block_t(theta, Zt, X, r0, kk, allow, cmax, idx, lg, pr, status[: r1 - r0])
-        if status.any():
-            return False
-    return True
+    with np.errstate(all="ignore"):  # NaN/overflow in the sgemm is handled by the bound
+        for r0 in range(0, B, BLOCK_USERS):
+            r1 = min(B, r0 + BLOCK_USERS)
+            Zt = _block_t(M, r1 - r0)
+            np.matmul(theta, X[r0:r1].T, out=Zt)
+            if fptr.shape[0] != 0:
+                _mask_t(Zt, X, r0, fptr, fthr, fad, ex)
+            select_block_t(theta, Zt, X, r0, kk, allow, cmax, idx, lg, pr, status[: r1 - r0])
+            if status.any():
+                raise ValueError(_THETA_BAD)
+    return idx, lg, pr

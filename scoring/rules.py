@@ -216,8 +216,10 @@ def _exclusion_mask(fptr, fthr, fad, X, b, ex):  # pragma: no cover - compiled
         if lo == hi:
             continue
         v = np.float64(X[b, f])
+        if not np.float64(fthr[lo]) < v:  # thresholds ascend: none of this feature's rules fires
+            continue
         # first position in [lo, hi) whose threshold is >= v: rules before it have t < v, i.e. fire
-        a, c = lo, hi
+        a, c = lo + 1, hi
         while a < c:
             mid = (a + c) >> 1
             if np.float64(fthr[mid]) < v:
@@ -256,9 +258,17 @@ def _mask_block(Z, X, b0, a0, fptr, fthr, fad, ex):  # pragma: no cover - compil
     if fptr.shape[0] == 0:
         return 0
     nb, na = Z.shape
+    F = X.shape[1]
+    lowest = np.full(F, np.inf)  # per feature, the lowest threshold: no rule fires at or below it
+    for f in range(fptr.shape[0] - 1):
+        if fptr[f] < fptr[f + 1]:
+            lowest[f] = np.float64(fthr[fptr[f]])
     n = 0
     for i in range(nb):
-        if _exclusion_mask(fptr, fthr, fad, X, b0 + i, ex) == 0:
+        fires = False
+        for f in range(F):  # most users trip no rule: one vectorised pass says so
+            fires |= np.float64(X[b0 + i, f]) > lowest[f]
+        if not fires or _exclusion_mask(fptr, fthr, fad, X, b0 + i, ex) == 0:
             continue
         for j in range(na):
             if ex[a0 + j] != 0:

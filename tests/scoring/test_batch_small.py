@@ -112,3 +112,30 @@ def test_dispatch_rule_and_group_sizes() -> None:
         C = S.group_size(M, kk)
         G = -(-M // C)
         assert kk <= G <= 3 * kk  # enough groups for the bound, few enough to count
+
+
+@pytest.mark.parametrize("per_ad", [1, 10])
+def test_content_rules_are_masked_into_the_transposed_block(per_ad: int) -> None:
+    # rules fire for about half of the users per rule, so some users lose most of the
+    # catalog (short rows padded with -1 / -inf / 0), and a mask on top
+    from scoring.rules import make_rules
+
+    M, F, B, k = 120, 12, 300, 10
+    rng = np.random.default_rng(per_ad)
+    theta = rng.standard_normal((M, F), dtype=np.float32)
+    X = rng.standard_normal((B, F), dtype=np.float32)
+    X[:, 0] = 1.0
+    rules = make_rules(M, F, [(a, int(rng.integers(1, F)), float(rng.normal(1.0 - per_ad / 10, 0.5)))
+                              for a in range(M) for _ in range(per_ad)])
+    allow = (np.arange(M) % 4 != 1).astype(np.uint8)
+    assert S.use_small(M, _kk(M, k, allow))
+    got = scoring.topk_batch(theta, X, k, allow, rules)
+    _same(got, R.topk_batch_rules(theta, X, k, allow, rules))
+    row_major = scoring.topk_batch(theta, X, k, allow, rules, exclude=lambda Z, row0: None)
+    _same(got, row_major)
+    if per_ad == 10:
+        assert (got[0] == -1).any()  # some users really had fewer than k eligible ads
+    for b in range(0, B, 53):
+        want = scoring.topk_one(theta, X[b], k, allow, rules)
+        n = want[0].shape[0]
+        assert np.array_equal(got[0][b, :n], want[0]) and np.array_equal(got[1][b, :n], want[1])
