@@ -105,3 +105,32 @@ def test_bad_launch_options_exit_2(tmp_path, capsys, args, match):
     err = capsys.readouterr().err
     assert code == 2 and match in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_pseudo_cold_priors_use_the_components_the_build_chose(world, tmp_path):
+    """The retired ads' pseudo-cold priors (prior scale choice, spread calibration) come from the
+    generator the build runs: same drift / intercept choice as the build's manifest records."""
+    from offline import pipeline
+    from offline.generators.content_knn import ContentKNNGenerator
+    from offline.warm.scale import build_components, generator_priors
+
+    _, prep, _ = world
+    built = pipeline.build(pipeline.BuildConfig(dataset="synthetic", work_dir=str(tmp_path), k=10),
+                           quiet=True, prep=prep)
+    chosen = built.artifact.manifest["generator_config"]
+    comp = build_components(prep)
+    assert comp is not None and comp["auto_select"] is False
+    assert {k: comp[k] for k in ("drift", "ctr_drift", "intercept")} == \
+        {k: chosen[k] for k in ("drift", "ctr_drift", "intercept")}
+    ds, sp = prep.dataset, prep.split
+    lw = ds.launched_at[sp.warm]
+    cand = np.argsort(lw, kind="stable")[-8:]
+    mu, spread = generator_priors(prep, cand)
+    assert mu.shape == spread.shape == (8, ds.X.shape[1]) and np.all(np.isfinite(mu)) and np.all(spread >= 0)
+    # the unselected default differs whenever the selection turned a component off
+    if not (comp["drift"] and comp["ctr_drift"] and comp["intercept"] == "stacked"):
+        pool = np.flatnonzero(lw < lw[cand].min())
+        raw = ContentKNNGenerator(auto_select=False).fit_arrays(
+            prep.warm_theta[pool], prep.warm_ctr[pool], lw[pool], prep.emb[sp.warm][pool], float(lw[cand].min()),
+            ds.X, {a: prep.emb[i] for i, a in enumerate(ds.ad_ids)}, warm_ads=[ds.ads[sp.warm[j]] for j in pool])
+        assert raw.cfg.drift != comp["drift"] or raw.cfg.intercept != comp["intercept"]
