@@ -16,6 +16,16 @@ from llmhyper.cli.common import add_json, print_json
 from llmhyper.cli.registry import CLIError, command
 
 
+def _sample_scale(v: str) -> float | None:
+    """``auto`` (None: chosen on retired launches) or a number (checked by LaunchConfig)."""
+    if v.strip().lower() == "auto":
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 or 'auto', got {v!r}") from None
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="independent launches (default 3)")
     p.add_argument("--steps", type=int, default=30, help="refresh rounds (default 30)")
@@ -26,8 +36,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="prior std multiplier of the user weights (default: chosen on retired ads)")
     p.add_argument("--intercept-scale", type=float, default=None, help="that of the intercept (default: --prior-scale)")
     p.add_argument("--laplace", choices=("diag", "full"), default="diag", help="posterior spread after a refresh")
-    p.add_argument("--sample-scale", type=float, default=1.0,
-                   help="multiplier on the std Thompson samples with (default 1; 0 = greedy)")
+    p.add_argument("--sample-scale", type=_sample_scale, default=None, metavar="S|auto",
+                   help="multiplier on the std Thompson samples with (0 = greedy; default auto: the scale "
+                        "with the lowest regret in the same launch played on retired ads)")
     p.add_argument("--spread", choices=("generator", "calibrated"), default="generator",
                    help="prior std: the generator's spread x the scales (default), or that x the z-score std "
                         "measured on retired ads")

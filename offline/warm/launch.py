@@ -10,7 +10,9 @@ generator's build output, ``offline.pipeline.build``) with the same prior spread
 - ``greedy``: ranks by the posterior mean (``scoring.topk_batch``);
 - ``thompson``: ranks by one sample per ad per request from the diagonal Gaussian posterior
   (``scoring.topk_batch_thompson``, the compiled kernel, with a seed per request). Its std is
-  the posterior std times ``sample_scale`` (1 by default; 0 makes it greedy, exactly).
+  the posterior std times ``sample_scale`` (0 makes it greedy, exactly). By default that scale is
+  chosen by playing the same launch on retired ads (:func:`choose_sample_scale`), never on the
+  cold ads reported.
 
 After every step each policy refits its posterior on every impression it has logged so far
 (:func:`offline.warm.policies.refresh_weights` with policy "prior": the MAP + Laplace code of
@@ -31,7 +33,7 @@ import hashlib
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,7 +54,8 @@ class LaunchConfig:
     top_k: ads shown per request; world_seed: the synthetic world (``make_synthetic(seed=)``);
     n_ads / n_users: its size; prior_scale / intercept_scale: the prior std multipliers (None:
     chosen on retired ads by ``offline.warm.replay.choose_scale``); laplace: "diag" or "full";
-    sample_scale: multiplier on the std Thompson samples with (>= 0); spread: "generator" (the
+    sample_scale: multiplier on the std Thompson samples with (>= 0; None: chosen by simulating
+    launches of retired ads, :func:`choose_sample_scale`); spread: "generator" (the
     prior std is the generator's spread times the prior scales, as ``llmhyper refresh`` makes
     it) or "calibrated" (those scales times the z-score std the same prior shows on retired ads,
     :func:`spread_calibration`; both policies then share that prior).
@@ -68,7 +71,7 @@ class LaunchConfig:
     prior_scale: float | None = None
     intercept_scale: float | None = None
     laplace: str = "diag"
-    sample_scale: float = 1.0
+    sample_scale: float | None = None
     spread: str = "generator"
     work_dir: str = ".llmhyper-work"
     quiet: bool = False
@@ -87,7 +90,7 @@ class LaunchConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be a finite number > 0, got {v}")
         if self.laplace not in ("diag", "full"):
             raise ValueError(f"laplace must be 'diag' or 'full', got {self.laplace!r}")
-        if not (math.isfinite(self.sample_scale) and self.sample_scale >= 0):
+        if self.sample_scale is not None and not (math.isfinite(self.sample_scale) and self.sample_scale >= 0):
             raise ValueError(f"sample-scale must be a finite number >= 0, got {self.sample_scale}")
         if self.spread not in SPREADS:
             raise ValueError(f"spread must be one of {', '.join(SPREADS)}, got {self.spread!r}")
@@ -153,6 +156,13 @@ def make_world(cfg: LaunchConfig, prep: Any | None = None, truth_all: np.ndarray
         cal = spread_calibration(prep, float(scale), float(iscale))
         scale, iscale = scale * cal["z_std"], iscale * cal["z_std"]
         how += f"; times {cal['z_std']:.3f}, the z-score std of that prior on {cal['n_ads']} retired ads"
+    if cfg.sample_scale is None:
+        sample = choose_sample_scale(cfg, prep, float(scale), float(iscale))
+        sample_scale, sample_how = float(sample["sample_scale"]), (
+            f"chosen by launching {sample['n_ads']} retired ads ({sample['seeds']} seeds; mean Thompson regret "
+            "by scale " + ", ".join(f"{k}: {v:.1f}" for k, v in sample["regret"].items()) + ")")
+    else:
+        sample, sample_scale, sample_how = None, float(cfg.sample_scale), "given"
     records = [art.ad_records.get(a) for a in art.ad_ids]
     prior = prior_from_records(art.theta, records, float(scale), float(iscale))
     info = {"dataset": ds.name, "n_users": int(ds.n_users), "n_cold_ads": len(art.ad_ids),
@@ -161,7 +171,8 @@ def make_world(cfg: LaunchConfig, prep: Any | None = None, truth_all: np.ndarray
             "intercept_scale": float(iscale), "prior_scale_how": how,
             "prior_source": {s: prior.source.count(s) for s in sorted(set(prior.source))},
             "prior_sigma_mean": float(np.mean(1.0 / np.sqrt(prior.lam))), "spread": cfg.spread,
-            "retired_calibration": cal}
+            "retired_calibration": cal, "sample_scale": sample_scale, "sample_scale_how": sample_how,
+            "retired_launch": sample}
     # how well the prior's spread describes its real error (uses the truth: a diagnosis only)
     Xd = ds.X.astype(np.float64)
     err = Xd @ prior.mu.astype(np.float64).T - Xd @ truth.astype(np.float64).T
@@ -221,6 +232,7 @@ def run_seed(cfg: LaunchConfig, world: LaunchWorld, seed: int) -> dict[str, dict
     out: dict[str, dict[str, list]] = {p: {"clicks": [], "expected": [], "regret": [], "impressions": []}
                                        for p in POLICIES}
     rows = np.arange(cfg.users_per_step)[:, None]
+    sample_scale = cfg.sample_scale if cfg.sample_scale is not None else world.info["sample_scale"]
     for _ in range(cfg.steps):
         users = rng.integers(0, N, cfg.users_per_step)
         U = rng.random((cfg.users_per_step, M))
@@ -231,7 +243,7 @@ def run_seed(cfg: LaunchConfig, world: LaunchWorld, seed: int) -> dict[str, dict
             if p == "greedy":
                 idx = scoring.topk_batch(st["theta"], Xs, k)[0]
             else:
-                sig = np.ascontiguousarray(st["sigma"] * np.float32(cfg.sample_scale), dtype=np.float32)
+                sig = np.ascontiguousarray(st["sigma"] * np.float32(sample_scale), dtype=np.float32)
                 idx = scoring.topk_batch_thompson(st["theta"], sig, Xs, k, req_seeds)[0]
             pr = P[users[:, None], idx]
             clicked = U[rows, idx] < pr
@@ -246,6 +258,68 @@ def run_seed(cfg: LaunchConfig, world: LaunchWorld, seed: int) -> dict[str, dict
                                   theta0=st["theta"])
             st["theta"], st["sigma"] = res.theta, res.sigma
     return out
+
+
+# -- the sample scale, chosen on retired launches ----------------------------------------
+# Choosing Thompson's sample scale by simulating launches of RETIRED ads (never the cold ones).
+#
+# The latest ``frac`` of the retired ads play a launch once more: their priors are what the
+# default generator writes for them when fitted on the retired ads launched before them
+# (:func:`offline.warm.scale.generator_priors`, the components the build chose), with the same
+# prior scales as the cold launch, and their TRAINED weights stand in for the true click model
+# (known for retired ads in any dataset, not only the synthetic one). For every sample scale of
+# ``grid`` the launch above (same steps, requests per step and top k) is
+# played over ``seeds`` seeds of its own, and the scale with the lowest mean cumulative regret of
+# the Thompson policy wins (0 is greedy exactly; a tie goes to the smaller scale). No log, weight
+# or truth of a cold ad is read.
+
+SAMPLE_GRID = (0.0, 0.125, 0.25, 0.5, 1.0)
+SEED_OFFSET = 10_000  # the retired launches' seeds, apart from the reported launch's 0, 1, ...
+
+
+def retired_world(prep: Any, scale: float, intercept_scale: float, frac: float = 0.3,
+                  max_ads: int = 200) -> LaunchWorld:
+    """A :class:`LaunchWorld` of the latest ``frac`` retired ads (at most
+    ``max_ads``): prior mean = their pseudo-cold generator output, prior std = floored spread x
+    ``scale`` (``intercept_scale`` on the intercept), truth = their trained weights [T, F]."""
+    from offline.warm.policies import SPREAD_FLOOR
+    from offline.warm.scale import generator_priors
+
+    ds, sp = prep.dataset, prep.split
+    lw = ds.launched_at[sp.warm]
+    order = np.argsort(lw, kind="stable")
+    cand = order[-min(max_ads, max(2, int(frac * lw.size))):]
+    mu, spread = generator_priors(prep, cand)
+    mult = np.full(mu.shape[1], float(scale))
+    mult[0] = float(intercept_scale)
+    lam = 1.0 / (np.maximum(spread.astype(np.float64), SPREAD_FLOOR) * mult[None, :]) ** 2
+    prior = Prior(np.ascontiguousarray(mu, dtype=np.float32), lam, ["spread"] * cand.size)
+    truth = np.ascontiguousarray(prep.warm_theta[cand], dtype=np.float32)
+    ids = [ds.ad_ids[sp.warm[j]] for j in cand]
+    info = {"dataset": ds.name, "n_cold_ads": int(cand.size), "what": "retired ads played as cold"}
+    return LaunchWorld(np.ascontiguousarray(ds.X, dtype=np.float32), truth, prior, ids, info)
+
+
+def choose_sample_scale(cfg: Any, prep: Any, scale: float, intercept_scale: float,
+                        grid: tuple[float, ...] = SAMPLE_GRID, seeds: int = 5) -> dict:
+    """The sample scale of ``grid`` with the lowest mean Thompson regret on retired launches.
+
+    cfg: the cold launch's :class:`LaunchConfig` (steps, users_per_step,
+    top_k, laplace are reused); scale / intercept_scale: the prior scales the cold launch uses.
+    Returns {"sample_scale": the choice, "regret": {scale: mean cumulative regret}, "regret_std":
+    {...}, "n_ads": retired ads played, "seeds": seeds played}.
+    """
+    world = retired_world(prep, scale, intercept_scale)
+    reg: dict[float, list[float]] = {float(s): [] for s in grid}
+    for s in grid:
+        c = replace(cfg, sample_scale=float(s), quiet=True)
+        for i in range(seeds):
+            reg[float(s)].append(float(sum(run_seed(c, world, SEED_OFFSET + i)["thompson"]["regret"])))
+    mean = {s: float(np.mean(v)) for s, v in reg.items()}
+    best = min(mean, key=lambda s: (round(mean[s], 9), s))
+    return {"sample_scale": best, "regret": {f"{s:g}": mean[s] for s in mean},
+            "regret_std": {f"{s:g}": float(np.std(v)) for s, v in reg.items()},
+            "n_ads": int(world.truth.shape[0]), "seeds": seeds}
 
 
 def _stat(v: np.ndarray) -> dict:

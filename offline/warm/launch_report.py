@@ -30,7 +30,8 @@ def markdown(result: dict) -> str:
              f"spread x {w['prior_scale']:.3g} (intercept x {w['intercept_scale']:.3g}), {w['prior_scale_how']}; "
              f"spread '{w['spread']}'. After every step each policy refits (MAP + {cfg['laplace']} Laplace, "
              "the `llmhyper refresh` code) on all impressions it logged. Greedy ranks by the posterior mean; "
-             f"Thompson by one posterior sample per ad per request (compiled kernel, std x {cfg['sample_scale']:g}).",
+             f"Thompson by one posterior sample per ad per request (compiled kernel, std x {w['sample_scale']:g}, "
+             f"{w.get('sample_scale_how', 'given')}).",
              "", "Regret = expected clicks of the oracle top-k by true CTR minus expected clicks of what was shown.", "",
              "| policy | cumulative regret | per seed | regret / impression | cumulative clicks | CTR | "
              f"regret after step {max(1, cfg['steps'] // 3)} |",

@@ -32,12 +32,12 @@ def world(tmp_path_factory):
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     nbr, sim = pipeline.neighbours(emb, split, ds.ad_ids, 10)
     prep = pipeline.Prepared(ds, split, warm_theta, ds.mean_ctr(split.warm), l2, emb, nbr, sim, {})
-    lcfg = LaunchConfig(prior_scale=1.0, work_dir=str(work), quiet=True)
+    lcfg = LaunchConfig(prior_scale=1.0, steps=6, users_per_step=30, top_k=3, work_dir=str(work), quiet=True)
     return make_world(lcfg, prep, truth), prep, truth
 
 
 def _cfg(**kw) -> LaunchConfig:
-    base = dict(seeds=2, steps=6, users_per_step=30, top_k=3, prior_scale=1.0, quiet=True)
+    base = dict(seeds=2, steps=6, users_per_step=30, top_k=3, prior_scale=1.0, sample_scale=1.0, quiet=True)
     return LaunchConfig(**{**base, **kw})
 
 
@@ -96,12 +96,66 @@ def test_thompson_with_zero_spread_is_greedy_exactly(world):
     (["--sample-scale", "-1"], "--sample-scale must be a finite number >= 0"),
     (["--prior-scale", "nan"], "--prior-scale must be a finite number > 0"),
     (["--steps", "two"], "invalid int value"),
+    (["--sample-scale", "wide"], "must be a number >= 0 or 'auto'"),
 ])
 def test_bad_launch_options_exit_2(tmp_path, capsys, args, match):
-    with pytest.raises(SystemExit) if args[1] == "two" else contextlib.nullcontext() as e:
+    with pytest.raises(SystemExit) if args[1] in ("two", "wide") else contextlib.nullcontext() as e:
         code = main(["simulate-launch", "--work-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet", *args])
-    if args[1] == "two":  # argparse rejects a non-integer itself, with its usage exit code 2
+    if args[1] in ("two", "wide"):  # argparse rejects a non-integer itself, with its usage exit code 2
         code = e.value.code
     err = capsys.readouterr().err
     assert code == 2 and match in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_pseudo_cold_priors_use_the_components_the_build_chose(world, tmp_path):
+    """The retired ads' pseudo-cold priors (prior scale choice, spread calibration) come from the
+    generator the build runs: same drift / intercept choice as the build's manifest records."""
+    from offline import pipeline
+    from offline.generators.content_knn import ContentKNNGenerator
+    from offline.warm.scale import build_components, generator_priors
+
+    _, prep, _ = world
+    built = pipeline.build(pipeline.BuildConfig(dataset="synthetic", work_dir=str(tmp_path), k=10),
+                           quiet=True, prep=prep)
+    chosen = built.artifact.manifest["generator_config"]
+    comp = build_components(prep)
+    assert comp is not None and comp["auto_select"] is False
+    assert {k: comp[k] for k in ("drift", "ctr_drift", "intercept")} == \
+        {k: chosen[k] for k in ("drift", "ctr_drift", "intercept")}
+    ds, sp = prep.dataset, prep.split
+    lw = ds.launched_at[sp.warm]
+    cand = np.argsort(lw, kind="stable")[-8:]
+    mu, spread = generator_priors(prep, cand)
+    assert mu.shape == spread.shape == (8, ds.X.shape[1]) and np.all(np.isfinite(mu)) and np.all(spread >= 0)
+    # the unselected default differs whenever the selection turned a component off
+    if not (comp["drift"] and comp["ctr_drift"] and comp["intercept"] == "stacked"):
+        pool = np.flatnonzero(lw < lw[cand].min())
+        raw = ContentKNNGenerator(auto_select=False).fit_arrays(
+            prep.warm_theta[pool], prep.warm_ctr[pool], lw[pool], prep.emb[sp.warm][pool], float(lw[cand].min()),
+            ds.X, {a: prep.emb[i] for i, a in enumerate(ds.ad_ids)}, warm_ads=[ds.ads[sp.warm[j]] for j in pool])
+        assert raw.cfg.drift != comp["drift"] or raw.cfg.intercept != comp["intercept"]
+
+
+def test_sample_scale_is_chosen_on_retired_launches(world):
+    """The default sample scale comes from the same launch played on retired ads (their trained
+    weights as the truth); the world records it and run_seed samples with it."""
+    from offline.warm.launch import SAMPLE_GRID, choose_sample_scale, retired_world
+
+    w, prep, _ = world
+    assert w.info["sample_scale"] in SAMPLE_GRID and "retired ads" in w.info["sample_scale_how"]
+    rl = w.info["retired_launch"]
+    assert rl["sample_scale"] == w.info["sample_scale"]
+    assert min(rl["regret"].values()) == rl["regret"][f"{rl['sample_scale']:g}"]
+    rw = retired_world(prep, 1.0, 1.0)
+    assert set(rw.ad_ids).isdisjoint(w.ad_ids)  # no cold ad is played
+    row = {a: i for i, a in enumerate(prep.dataset.ad_ids)}
+    warm_pos = {int(a): j for j, a in enumerate(prep.split.warm)}
+    assert np.array_equal(rw.truth, prep.warm_theta[[warm_pos[row[a]] for a in rw.ad_ids]])
+    # scale 0 is greedy exactly, so its retired regret is greedy's
+    cfg = _cfg(sample_scale=None)
+    ch = choose_sample_scale(cfg, prep, 1.0, 1.0, grid=(0.0, 4.0), seeds=2)
+    g = np.mean([sum(run_seed(_cfg(sample_scale=0.0), rw, 10_000 + i)["greedy"]["regret"]) for i in range(2)])
+    assert ch["regret"]["0"] == pytest.approx(g) and ch["sample_scale"] in (0.0, 4.0)
+    # the chosen scale is what run_seed uses when the config leaves it unset
+    assert run_seed(_cfg(sample_scale=None), w, 0) == run_seed(_cfg(sample_scale=w.info["sample_scale"]), w, 0)
