@@ -7,7 +7,8 @@ were skipped). Every file is written to a temporary name and moved into place wi
 arguments (input identity, version, top-k, filters, format, chunk size, ...) and each
 finished part with its size and SHA-256. A restart with the same arguments skips those
 parts; different arguments are refused. When every part exists, OUT is assembled from
-the parts in order (again through a temporary name), the rejects file likewise, the
+the parts in order (again through a temporary name; Parquet parts are copied row group by
+row group without decoding), the rejects file likewise, the
 part files are removed and the manifest marks the job done.
 
 A part's bytes depend only on its rows (fixed Parquet writer options), so the output of
@@ -189,19 +190,26 @@ def _part_tables(parts: Iterable[Path]) -> Iterator[pa.Table]:
 
 
 def assemble(parts: list[Path], out: Path, fmt: str) -> None:
-    """Concatenate Parquet parts (in order) into ``out`` as Parquet or CSV, one part in
-    memory at a time, through a temporary file + os.replace."""
+    """Concatenate Parquet parts (in order) into ``out`` as Parquet or CSV, through a
+    temporary file + os.replace. Parquet: the parts' row groups are copied without decoding
+    (:mod:`llmhyper.batch.pqconcat`); CSV: decoded one part in memory at a time."""
     import pyarrow.parquet as pq
 
     from llmhyper.batch.output import PARQUET_OPTIONS, ROW_GROUP
+
+    from llmhyper.batch.pqconcat import ParquetConcatError, concat_parquet
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     schema = pq.read_schema(parts[0])
     try:
         if fmt == "parquet":
-            with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as w:
-                for t in _part_tables(parts):
-                    w.write_table(t, row_group_size=ROW_GROUP)
+            try:  # the parts' column chunks copied as they are, one new footer
+                with open(tmp, "wb") as fh:
+                    concat_parquet(parts, fh)
+            except ParquetConcatError:  # not expected for parts of one job; decode + re-encode
+                with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as w:
+                    for t in _part_tables(parts):
+                        w.write_table(t, row_group_size=ROW_GROUP)
         else:
             import pyarrow.csv as pcsv
 
