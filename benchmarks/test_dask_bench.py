@@ -31,7 +31,7 @@ from benchmarks.score_data import M, make_score_job
 
 N_USERS = int(os.environ.get("LLMHYPER_BENCH_DASK_USERS", "1000000"))
 CHUNK = int(os.environ.get("LLMHYPER_BENCH_DASK_CHUNK", "100000"))
-ROUNDS = int(os.environ.get("LLMHYPER_BENCH_DASK_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("LLMHYPER_BENCH_DASK_ROUNDS", "3"))
 K = 10
 BUDGET = 1.6
 
