@@ -164,3 +164,20 @@ def test_cli_workers_exit_2_on_a_bad_partition(tmp_path: Path, bstore: Path, bwo
     assert rc == 2 and "row 7, column 'f2'" in err and str(nan) in err, err
     rc = main(["score", str(nan), "--out", str(tmp_path / "o.parquet"), "--store", str(bstore), "--shared-fs"])
     assert rc == 2 and "--shared-fs goes with --scheduler" in capsys.readouterr().err
+
+
+def test_shared_fs_skip_writes_the_same_rejects(tmp_path: Path, bstore: Path, bworld, dask_client) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = list(bworld.user_ids)
+    ids[5], ids[130], ids[499] = "ghost-a", "ghost-b", "ghost-c"
+    inp = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"user_id": ids}), inp, row_group_size=50)
+    ref, out = tmp_path / "ref.parquet", tmp_path / "dask.parquet"
+    run_job(_job(inp, ref, bstore, on_unknown="skip"))
+    run_job(_job(inp, out, bstore, on_unknown="skip", dask_client=dask_client, dask_shared_fs=True))
+    assert out.read_bytes() == ref.read_bytes()
+    rejects = (tmp_path / "dask.parquet.rejects.csv").read_text()
+    assert rejects == (tmp_path / "ref.parquet.rejects.csv").read_text()
+    assert rejects == "row,user_id\n6,ghost-a\n131,ghost-b\n500,ghost-c\n"
