@@ -1,23 +1,45 @@
 """The job's parts scored on a Dask cluster (``--scheduler tcp://HOST:PORT`` or ``--workers N``).
 
-The driver reads the input in chunks as usual. The pinned version's weights (theta, ad ids)
-are scattered once to every worker (``broadcast=True``), so workers need neither the store
-nor a shared filesystem; by-id chunks are resolved to their user-table rows on the driver
-and those rows travel with the task. Each task returns its part's Parquet bytes and the
-driver writes and records them (whole files only, in the manifest), so a worker killed
-mid-task only means Dask runs that task again: the bytes are the same.
-At most ``2 x workers`` tasks are in flight, so the driver's memory stays bounded.
+Two ways, chosen by whether the workers see the job's files:
+
+* **Shared filesystem** (always for ``--workers N``, a LocalCluster on this machine; with
+  ``--scheduler`` only when ``--shared-fs`` says the workers see the same paths) and a
+  Parquet list: the driver only plans partitions (chunk ``i`` is rows ``i x chunk_size``
+  on, located from the file's footer) and broadcasts one small :class:`WorkerJob` (paths,
+  pinned version, top-k, mask) once. Each task reads its own row groups, validates them,
+  resolves by-id rows from the store's user table, scores, and writes its part through a
+  temporary name + ``os.replace``; it returns only the manifest record (bytes, SHA-256,
+  counts), which the driver writes into the manifest. Input errors found on a worker come
+  back as values (not retried) and the job stops with the same message as a single process.
+* **No shared filesystem** (or a CSV / JSON Lines list): the driver reads the input in
+  chunks as usual. The pinned version's weights (theta, ad ids) are scattered once to every
+  worker (``broadcast=True``), so workers need neither the store nor the input; by-id chunks
+  are resolved to their user-table rows on the driver and those rows travel with the task.
+  Each task returns its part's Parquet bytes and the driver writes and records them. At most
+  ``2 x workers`` tasks are in flight, so the driver's memory stays bounded.
+
+Either way a part is written whole or not at all and recorded only once written, so a worker
+killed mid-task only means Dask runs that task again: the bytes are the same.
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from llmhyper.batch.inputs import Chunk
+from llmhyper.batch import BatchInputError
+from llmhyper.batch.inputs import Chunk, InputSpec
 from llmhyper.batch.job import PartResult
 
-__all__ = ["score_on_dask", "score_task", "local_cluster"]
+__all__ = ["score_on_dask", "score_task", "WorkerJob", "partition_task", "score_partitions_on_dask",
+           "local_cluster", "WORKER_ENV"]
+
+#: One numeric thread per worker process (the workers are the parallelism).
+WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1"}
 
 
 def score_task(theta: np.ndarray, ad_ids: tuple[str, ...], version: str, index: int, rows_in: int,
@@ -58,10 +80,97 @@ def score_on_dask(client: Any, scorer: Any, todo: Iterator[Chunk], k: int, mask:
         done(f.result())
 
 
+@dataclass(frozen=True)
+class WorkerJob:
+    """What every partition task of a shared-filesystem job needs (broadcast once).
+
+    ``mask``: uint8 [M] candidate mask or None; ``work_dir``: the job's ``OUT.parts/``.
+    """
+
+    store: str
+    version: str
+    spec: InputSpec
+    n_features: int
+    chunk_size: int
+    k: int
+    mask: np.ndarray | None
+    wide: bool
+    on_unknown: str
+    work_dir: str
+    input_path: str  # the list's real path (spec.path as the caller wrote it names it in messages)
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """A BatchInputError found on a worker, returned as a value so Dask does not retry it."""
+
+    index: int
+    message: str
+
+
+_SCORERS: dict[tuple[str, str], Any] = {}  # per worker process: (store, version) -> LocalScorer
+
+
+def _worker_scorer(store: str, version: str) -> Any:
+    from llmhyper.batch.scorers import LocalScorer
+
+    sc = _SCORERS.get((store, version))
+    if sc is None:
+        sc = _SCORERS[(store, version)] = LocalScorer(store, version)
+    return sc
+
+
+def partition_task(job: WorkerJob, index: int) -> dict | InputProblem:
+    """Run on a worker: read, score and write part ``index``; its manifest record
+    (see :func:`llmhyper.batch.job.write_part`), or the input problem found."""
+    from llmhyper.batch.inputs import read_chunk
+    from llmhyper.batch.job import write_part
+    from llmhyper.batch.parts import build_part
+    from llmhyper.batch.scorers import score_rows
+
+    try:
+        sc = _worker_scorer(job.store, job.version)
+        w = sc.weights
+        spec = job.spec
+        if not (os.path.isfile(spec.path) and os.path.samefile(spec.path, job.input_path)):
+            spec = replace(spec, path=job.input_path)  # another working directory than the driver's
+        ch = read_chunk(spec, job.n_features, job.chunk_size, index)
+        ids, X, rej = sc.rows(ch, job.on_unknown)
+        idx, ctr, lg = score_rows(w.theta, X, job.k, job.mask)
+        part = build_part(index, len(ch.ids), ids, idx, ctr, lg, w.ad_ids, w.version, job.wide, rej)
+    except BatchInputError as e:
+        return InputProblem(index, str(e))
+    return write_part(Path(job.work_dir), part)
+
+
+def score_partitions_on_dask(client: Any, job: WorkerJob, indices: list[int],
+                             done: Callable[[dict], None]) -> None:
+    """Score partitions ``indices`` on the client's workers (each reads and writes its own
+    files); ``done(record)`` for each in completion order. Raises BatchInputError with the
+    message of the first input problem a worker reports (the other tasks are cancelled)."""
+    from distributed import as_completed
+
+    if not indices:
+        return
+    job_f = client.scatter(job, broadcast=True, hash=False)
+    tag = f"{job.version}-{id(job_f)}"
+    futs = [client.submit(partition_task, job_f, i, key=f"llmhyper-part-{tag}-{i}", retries=3, pure=False)
+            for i in indices]
+    try:
+        for f in as_completed(futs):
+            r = f.result()
+            if isinstance(r, InputProblem):
+                raise BatchInputError(r.message)
+            done(r)
+    finally:
+        client.cancel([f for f in futs if not f.done()])
+
+
 def local_cluster(n_workers: int):
-    """A LocalCluster of ``n_workers`` processes, one thread each, and its client."""
+    """A LocalCluster of ``n_workers`` processes, one thread each (one numeric thread: WORKER_ENV),
+    and its client."""
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
+                           dashboard_address=None, silence_logs=40, env=dict(WORKER_ENV))
     return cluster, Client(cluster)

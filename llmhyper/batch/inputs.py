@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from llmhyper.batch import BatchInputError
 
-__all__ = ["Chunk", "InputSpec", "open_input", "FORMATS"]
+__all__ = ["Chunk", "InputSpec", "open_input", "chunks", "read_chunk", "parquet_rows", "FORMATS"]
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _READ_ROWS = 65536  # rows per record batch pulled from the file
@@ -171,6 +171,60 @@ def _ids(spec: InputSpec, tbl: pa.Table, row0: int) -> list[str]:
     return ids
 
 
+def _chunk(spec: InputSpec, tbl: pa.Table, index: int, row0: int, n_features: int) -> Chunk:
+    """Chunk ``index`` from the rows ``tbl`` that start at 0-based row ``row0`` (validated)."""
+    ids = _ids(spec, tbl, row0)
+    X = None
+    if not spec.by_id:
+        X = np.zeros((tbl.num_rows, n_features), dtype=np.float32)
+        if n_features:
+            X[:, 0] = 1.0
+        for name, j in spec.feature_cols:
+            X[:, j] = _column_floats(spec, name, tbl.column(name), row0)
+    return Chunk(index=index, row0=row0, ids=ids, X=X)
+
+
+def parquet_rows(spec: InputSpec) -> int:
+    """Number of data rows of a Parquet list (from its footer; nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(spec.path).metadata.num_rows)
+    except (pa.ArrowException, OSError) as e:
+        raise BatchInputError(f"{spec.path}: cannot read parquet file: {e}") from None
+
+
+def read_chunk(spec: InputSpec, n_features: int, chunk_size: int, index: int) -> Chunk:
+    """Chunk ``index`` of a Parquet list read on its own (rows ``index * chunk_size`` on):
+    the same rows, values and errors as the ``index``-th chunk of :func:`chunks`, reading
+    only the row groups that hold them (a Dask worker reads its own partition this way)."""
+    import pyarrow.parquet as pq
+
+    if spec.fmt != "parquet":
+        raise ValueError(f"read_chunk needs a Parquet list, got {spec.fmt}")
+    row0 = index * chunk_size
+    try:
+        pf = pq.ParquetFile(spec.path)
+        md = pf.metadata
+        stop = min(row0 + chunk_size, md.num_rows)
+        if row0 >= stop:
+            raise BatchInputError(f"{spec.path}: chunk {index} starts at row {row0 + 1}, past the "
+                                  f"file's {md.num_rows} rows")
+        groups, first, start = [], None, 0
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if start < stop and start + n > row0:
+                groups.append(g)
+                first = start if first is None else first
+            start += n
+        tbl = pf.read_row_groups(groups, columns=list(spec.columns), use_threads=False)
+    except pa.ArrowException as e:
+        raise BatchInputError(f"{spec.path}: malformed parquet file in rows {row0 + 1}.."
+                              f"{row0 + chunk_size}: {e}") from None
+    assert first is not None
+    return _chunk(spec, tbl.slice(row0 - first, stop - row0), index, row0, n_features)
+
+
 def chunks(spec: InputSpec, n_features: int, chunk_size: int) -> Iterator[Chunk]:
     """The list's rows as consecutive chunks of ``chunk_size`` (the last may be shorter).
 
@@ -185,15 +239,7 @@ def chunks(spec: InputSpec, n_features: int, chunk_size: int) -> Iterator[Chunk]
 
     def emit(tbl: pa.Table) -> Chunk:
         nonlocal row0, index
-        ids = _ids(spec, tbl, row0)
-        X = None
-        if not spec.by_id:
-            X = np.zeros((tbl.num_rows, n_features), dtype=np.float32)
-            if n_features:
-                X[:, 0] = 1.0
-            for name, j in spec.feature_cols:
-                X[:, j] = _column_floats(spec, name, tbl.column(name), row0)
-        c = Chunk(index=index, row0=row0, ids=ids, X=X)
+        c = _chunk(spec, tbl, index, row0, n_features)
         row0 += tbl.num_rows
         index += 1
         return c

@@ -7,7 +7,8 @@ were skipped). Every file is written to a temporary name and moved into place wi
 arguments (input identity, version, top-k, filters, format, chunk size, ...) and each
 finished part with its size and SHA-256. A restart with the same arguments skips those
 parts; different arguments are refused. When every part exists, OUT is assembled from
-the parts in order (again through a temporary name), the rejects file likewise, the
+the parts in order (again through a temporary name; Parquet parts are copied row group by
+row group without decoding), the rejects file likewise, the
 part files are removed and the manifest marks the job done.
 
 A part's bytes depend only on its rows (fixed Parquet writer options), so the output of
@@ -27,7 +28,7 @@ import pyarrow as pa
 
 from llmhyper.batch import BatchInputError
 
-__all__ = ["JobArgs", "Manifest", "PartResult", "write_atomic", "assemble"]
+__all__ = ["JobArgs", "Manifest", "PartResult", "write_atomic", "write_part", "part_name", "assemble"]
 
 MANIFEST_FORMAT = 1
 
@@ -85,6 +86,22 @@ def _rejects_csv(rejects: list[tuple[int, str]]) -> bytes:
     return buf.getvalue().encode()
 
 
+def part_name(index: int) -> str:
+    """File name of part ``index`` in the work directory."""
+    return f"part-{index:05d}.parquet"
+
+
+def write_part(work_dir: Path, part: PartResult) -> dict:
+    """Write a part's Parquet bytes (and its rejects) into ``work_dir`` atomically; returns
+    the manifest record (index, file, bytes, sha256, rows_in, users_out, rejects)."""
+    if part.rejects:
+        write_atomic(work_dir / f"part-{part.index:05d}.rejects.csv", _rejects_csv(part.rejects))
+    write_atomic(work_dir / part_name(part.index), part.data)
+    return {"index": part.index, "file": part_name(part.index), "bytes": len(part.data),
+            "sha256": hashlib.sha256(part.data).hexdigest(), "rows_in": part.rows_in,
+            "users_out": part.users_out, "rejects": len(part.rejects)}
+
+
 class Manifest:
     """``OUT.parts/manifest.json``: the job's arguments, pinned version and finished parts."""
 
@@ -135,7 +152,7 @@ class Manifest:
         return bool(self.data.get("done")) and self.out.exists()
 
     def part_path(self, index: int) -> Path:
-        return self.dir / f"part-{index:05d}.parquet"
+        return self.dir / part_name(index)
 
     def has_part(self, index: int) -> bool:
         """True when part ``index`` is recorded and its file is whole (size and SHA-256 match)."""
@@ -150,13 +167,11 @@ class Manifest:
 
     def record(self, part: PartResult) -> None:
         """Write a part (and its rejects) atomically, then record it in the manifest."""
-        if part.rejects:
-            write_atomic(self.dir / f"part-{part.index:05d}.rejects.csv", _rejects_csv(part.rejects))
-        write_atomic(self.part_path(part.index), part.data)
-        self.data["parts"][str(part.index)] = {
-            "file": self.part_path(part.index).name, "bytes": len(part.data),
-            "sha256": hashlib.sha256(part.data).hexdigest(), "rows_in": part.rows_in,
-            "users_out": part.users_out, "rejects": len(part.rejects)}
+        self.record_written(write_part(self.dir, part))
+
+    def record_written(self, rec: dict) -> None:
+        """Record a part that :func:`write_part` already wrote (e.g. on a Dask worker)."""
+        self.data["parts"][str(rec["index"])] = {k: v for k, v in rec.items() if k != "index"}
         self._save()
 
     def finish(self, n_parts: int, rejects_path: Path | None) -> dict:
@@ -174,6 +189,8 @@ class Manifest:
         for i in range(n_parts):
             for p in (self.part_path(i), self.dir / f"part-{i:05d}.rejects.csv"):
                 p.unlink(missing_ok=True)
+        for p in self.dir.glob(".part-*.tmp-*"):  # left by a process killed mid-write
+            p.unlink(missing_ok=True)
         self.data.update(done=True, n_parts=n_parts, finished_at=time.time(),
                          users_out=sum(self.data["parts"][str(i)]["users_out"] for i in range(n_parts)),
                          rejects=n_rej)
@@ -189,19 +206,26 @@ def _part_tables(parts: Iterable[Path]) -> Iterator[pa.Table]:
 
 
 def assemble(parts: list[Path], out: Path, fmt: str) -> None:
-    """Concatenate Parquet parts (in order) into ``out`` as Parquet or CSV, one part in
-    memory at a time, through a temporary file + os.replace."""
+    """Concatenate Parquet parts (in order) into ``out`` as Parquet or CSV, through a
+    temporary file + os.replace. Parquet: the parts' row groups are copied without decoding
+    (:mod:`llmhyper.batch.pqconcat`); CSV: decoded one part in memory at a time."""
     import pyarrow.parquet as pq
 
     from llmhyper.batch.output import PARQUET_OPTIONS, ROW_GROUP
+
+    from llmhyper.batch.pqconcat import ParquetConcatError, concat_parquet
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     schema = pq.read_schema(parts[0])
     try:
         if fmt == "parquet":
-            with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as w:
-                for t in _part_tables(parts):
-                    w.write_table(t, row_group_size=ROW_GROUP)
+            try:  # the parts' column chunks copied as they are, one new footer
+                with open(tmp, "wb") as fh:
+                    concat_parquet(parts, fh)
+            except ParquetConcatError:  # not expected for parts of one job; decode + re-encode
+                with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as w:
+                    for t in _part_tables(parts):
+                        w.write_table(t, row_group_size=ROW_GROUP)
         else:
             import pyarrow.csv as pcsv
 

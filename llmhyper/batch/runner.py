@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from llmhyper.batch import BatchInputError
-from llmhyper.batch.inputs import Chunk, InputSpec, chunks, open_input
+from llmhyper.batch.inputs import Chunk, InputSpec, chunks, open_input, parquet_rows
 from llmhyper.batch.job import JobArgs, Manifest, PartResult
 from llmhyper.batch.parts import build_part
 from llmhyper.batch.scorers import LocalScorer, RemoteScorer, candidate_mask, score_rows
@@ -45,6 +45,7 @@ class Job:
     concurrency: int = 4
     batch_size: int = 1024
     dask_client: Any = None  # a dask.distributed.Client: score parts on its workers
+    dask_shared_fs: bool = False  # its workers see the input, the store and OUT at the same paths
 
 
 def _total_rows(spec: InputSpec) -> int | None:
@@ -128,6 +129,8 @@ def _score_parts(job: Job, man: Manifest, spec: InputSpec, scorer: Any, mask: np
             if on_part is not None:
                 on_part(part.index)
 
+        if job.dask_client is not None and job.dask_shared_fs and spec.fmt == "parquet" and job.store:
+            return _score_partitions(job, man, spec, w, F, mask, bar, on_part)
         todo = _pending(job, man, spec, F, bar, seen)
         if job.dask_client is not None:
             from llmhyper.batch.dask_run import score_on_dask
@@ -144,3 +147,34 @@ def _score_parts(job: Job, man: Manifest, spec: InputSpec, scorer: Any, mask: np
                 idx, ctr, lg = score_rows(w.theta, X, job.top_k, mask)
                 done(build_part(ch.index, len(ch.ids), ids, idx, ctr, lg, w.ad_ids, w.version, job.wide, rej))
     return seen[0]
+
+
+def _score_partitions(job: Job, man: Manifest, spec: InputSpec, w: Any, F: int, mask: np.ndarray | None,
+                      bar: Any, on_part: Callable[[int], None] | None) -> int:
+    """Shared-filesystem Dask path: plan the Parquet list's partitions from its footer and let
+    the workers read, score and write them; returns the number of parts."""
+    from llmhyper.batch.dask_run import WorkerJob, score_partitions_on_dask
+
+    n_rows = parquet_rows(spec)
+    if n_rows == 0:
+        raise BatchInputError(f"{spec.path}: no data rows (the file holds no users)")
+    n_parts = -(-n_rows // job.chunk_size)
+    todo = []
+    for i in range(n_parts):
+        if man.has_part(i):
+            bar.update(man.data["parts"][str(i)]["rows_in"])
+        else:
+            todo.append(i)
+    wjob = WorkerJob(store=os.path.realpath(str(job.store)), version=w.version, spec=spec, n_features=F,
+                     chunk_size=job.chunk_size, k=job.top_k, mask=mask, wide=job.wide,
+                     on_unknown=job.on_unknown, work_dir=str(man.dir.resolve()),
+                     input_path=os.path.realpath(spec.path))
+
+    def recorded(rec: dict) -> None:
+        man.record_written(rec)
+        bar.update(rec["rows_in"])
+        if on_part is not None:
+            on_part(rec["index"])
+
+    score_partitions_on_dask(job.dask_client, wjob, todo, recorded)
+    return n_parts

@@ -18,6 +18,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("Dask (with --store)")
     d.add_argument("--scheduler", default=None, help="score the parts on a Dask cluster (tcp://HOST:PORT)")
     d.add_argument("--workers", type=int, default=None, help="start a local Dask cluster of N processes (1 thread each)")
+    d.add_argument("--shared-fs", action="store_true",
+                   help="with --scheduler: the workers see the input, the store and --out at the same paths, "
+                        "so each reads and writes its own Parquet partitions (always so with --workers)")
     p.add_argument("--top-k", type=int, default=10, help="ads per user (default 10)")
     p.add_argument("--allow", default=None, help="only these ad ids: 'a,b,c' or @FILE (one per line)")
     p.add_argument("--deny", default=None, help="never these ad ids: 'a,b,c' or @FILE (one per line)")
@@ -59,6 +62,8 @@ def _score(args: argparse.Namespace) -> int:
         raise CLIError("--scheduler / --workers score from the weights of a local --store")
     if args.scheduler and args.workers:
         raise CLIError("give --scheduler or --workers, not both")
+    if args.shared_fs and not args.scheduler:
+        raise CLIError("--shared-fs goes with --scheduler (--workers always shares this machine's files)")
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
     if args.store and not Path(args.store).exists():
@@ -68,7 +73,8 @@ def _score(args: argparse.Namespace) -> int:
               allow=tuple(_ids(args.allow, "--allow")), deny=tuple(_ids(args.deny, "--deny")),
               version=args.version, fmt=fmt, wide=args.wide, chunk_size=args.chunk_size,
               on_unknown=args.on_unknown, rejects=args.rejects, progress=not args.no_progress,
-              concurrency=max(1, args.concurrency), batch_size=max(1, args.batch_size))
+              concurrency=max(1, args.concurrency), batch_size=max(1, args.batch_size),
+              dask_shared_fs=bool(args.workers) or args.shared_fs)
     if args.target:
         job.target, job.target_name = (lambda: make_client(args)), args.target
     cluster = None
