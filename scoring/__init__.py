@@ -35,6 +35,7 @@ import numpy as np
 from . import batch as _b
 from . import batch_small as _bs
 from . import kernels as _k
+from . import packed as _p
 from . import thompson as _t
 from .rules import ContentRules, check_rules, make_rules, rule_arrays
 
@@ -42,6 +43,7 @@ __all__ = [
     "score_all",
     "score_matrix",
     "topk_one",
+    "topk_one_rows",
     "topk_batch",
     "topk_one_unchecked",
     "topk_batch_unchecked",
@@ -205,6 +207,23 @@ def topk_one(
         k = _check_k(k)
     r = _NO_RULES if rules is None else _rules(rules, theta)
     return _k.topk_one(theta, x, k, _NO_MASK if allow is None else _mask(allow, theta.shape[0]), *r)
+
+
+def topk_one_rows(
+    theta: np.ndarray, x: np.ndarray, k: int, allow: np.ndarray | None = None,
+    rules: ContentRules | None = None,
+) -> np.ndarray:
+    """:func:`topk_one` as one float64 array [k', 3] of rows (ad index, logit, prob), same
+    values exactly; cheaper per call (one array to box, see :mod:`scoring.packed`)."""
+    if not (type(theta) is np.ndarray and theta.dtype is _F32 and theta.ndim == 2
+            and theta.flags.c_contiguous and type(x) is np.ndarray and x.dtype is _F32
+            and x.ndim == 1 and x.flags.c_contiguous and x.shape[0] == theta.shape[1]):
+        _check_pair("theta", theta, "x", x, 1)
+    if type(k) is not int or not 0 < k <= _KMAX:
+        k = _check_k(k)
+    if allow is None and rules is None:
+        return _p.plain(theta, x, k)
+    return _p.full(theta, x, k, _mask(allow, theta.shape[0]), *_rules(rules, theta))
 
 
 def topk_batch(
@@ -423,6 +442,8 @@ def warmup() -> None:
     z = score_all(theta, x)
     zm = score_matrix(theta, X)
     i1, l1, p1 = topk_one(theta, x, 2)
+    r1 = topk_one_rows(theta, x, 2)
+    rr = topk_one_rows(theta, x, 3, allow, make_rules(3, 2, [(0, 1, 0.1)]))
     i2, _, _ = topk_one(theta, x, 99, allow)
     ib, _, _ = topk_batch(theta, X, 1)
     ib2, _, _ = topk_batch(theta, X, 99, allow)
@@ -439,6 +460,8 @@ def warmup() -> None:
         z.tolist() == [0.75, 0.25, 0.5]
         and zm.shape == (2, 3)
         and i1.tolist() == [0, 2]
+        and r1.tolist() == [[float(i), float(v), float(p)] for i, v, p in zip(i1, l1, p1)]
+        and rr[:, 0].tolist() == [1.0]
         and i2.tolist() == [0, 1]
         and ib.tolist() == [[0], [0]]
         and ib2.shape == (2, 2)

@@ -55,6 +55,11 @@ def _preview(items: Sequence[str], n: int = 5) -> str:
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
+def unknown_user(user_id: object, n_users: int) -> RequestError:
+    """NOT_FOUND for a user id the store's user table (of ``n_users`` users) does not hold."""
+    return _not_found(f"unknown user_id {_short(str(user_id))} (the store's user table has {n_users} users)")
+
+
 class _BadBytes:
     """What the request deserializer returns for bytes that are not the method's protobuf."""
 

@@ -11,6 +11,7 @@ import grpc
 
 from llmhyper._proto import ranker_pb2 as pb
 from llmhyper._proto import ranker_pb2_grpc as pb_grpc
+from llmhyper.server.encode import serialize_rank_response
 from llmhyper.server.errors import (
     _SC,
     RequestError,
@@ -22,6 +23,7 @@ from llmhyper.server.errors import (
     status_of,
 )
 from llmhyper.server.servicer import SERVICE_NAME, RankerServicer
+from llmhyper.server.wire import keeping_wire
 
 
 def _guard(servicer: RankerServicer, name: str, fn: Callable) -> Callable:
@@ -80,12 +82,17 @@ class _GuardedServicer(pb_grpc.RankerServicer):
 def add_ranker_to_server(inner: RankerServicer, server: grpc.Server) -> None:
     """Register the guarded Ranker methods on ``server`` like the generated
     ``add_RankerServicer_to_server``, but with request deserializers that turn unparseable bytes
-    into INVALID_ARGUMENT answered by the guard."""
+    into INVALID_ARGUMENT answered by the guard, and a Rank response serializer that also takes
+    the pre-serialized bytes of ``encode.RankEncoder``."""
     guarded = _GuardedServicer(inner)
+    deserializers = {name: _safe_deserializer(req) for name, req, _ in _METHODS}
+    deserializers["Rank"] = keeping_wire(deserializers["Rank"])  # inline features read zero-copy (wire.py)
+    serializers = {name: resp.SerializeToString for name, _, resp in _METHODS}
+    serializers["Rank"] = serialize_rank_response
     handlers = {
-        name: grpc.unary_unary_rpc_method_handler(getattr(guarded, name), request_deserializer=_safe_deserializer(req),
-                                                  response_serializer=resp.SerializeToString)
-        for name, req, resp in _METHODS
+        name: grpc.unary_unary_rpc_method_handler(getattr(guarded, name), request_deserializer=deserializers[name],
+                                                  response_serializer=serializers[name])
+        for name, _, _ in _METHODS
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -14,15 +14,21 @@ from llmhyper.server.state import _F32, ServingState
 _LE_F32 = np.dtype("<f4")
 
 
-def inline_vector(st: ServingState, dense: Sequence[float], fmap: Mapping[str, float]) -> np.ndarray:
+def inline_vector(st: ServingState, dense: Sequence[float], fmap: Mapping[str, float],
+                  packed: np.ndarray | None = None, check_finite: bool = True) -> np.ndarray:
     """The user's feature vector float32 [F] from ``dense`` (F values in schema order) when it is
-    non-empty, else from ``fmap`` (name -> value over ``st.map_default``); all finite."""
+    non-empty, else from ``fmap`` (name -> value over ``st.map_default``).
+
+    ``packed``: ``dense`` already as a float32 array (``wire.packed_features``), used instead of
+    converting it. ``check_finite``: INVALID_ARGUMENT for a non-finite value; a caller whose
+    kernel rejects non-finite input anyway passes False and, when the kernel raises, reports the
+    value with :func:`check_finite_vector`."""
     n_dense = len(dense)
     if n_dense:
         if n_dense != st.F:
             raise _invalid(f"features has {n_dense} values, expected F={st.F} for version {st.version} "
                            f"(schema order: {_preview(list(st.feature_names), 4)})")
-        x = np.fromiter(dense, dtype=_F32, count=n_dense)
+        x = packed if packed is not None else np.fromiter(dense, dtype=_F32, count=n_dense)
     else:
         x = st.map_default.copy()
         index = st.feature_index
@@ -36,10 +42,16 @@ def inline_vector(st: ServingState, dense: Sequence[float], fmap: Mapping[str, f
         if unknown:
             raise _invalid(f"unknown feature name(s) in feature_map: {_preview(sorted(unknown))}; "
                            f"version {st.version} has {st.F} features: {_preview(list(st.feature_names), 6)}")
+    if check_finite:
+        check_finite_vector(st, x)
+    return x
+
+
+def check_finite_vector(st: ServingState, x: np.ndarray) -> None:
+    """INVALID_ARGUMENT naming the first non-finite value of the feature vector ``x`` (float32 [F])."""
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x))[0])
         raise _invalid(f"feature {st.feature_names[bad]!r} (index {bad}) is {float(x[bad])}; values must be finite")
-    return x
 
 
 def inline_rows(st: ServingState, raw: bytes, n_inline: int) -> np.ndarray | None:

@@ -17,6 +17,9 @@ Serving model
   the weights published with it are always served together. The common case skips that
   read: the poller keeps a snapshot of the user table (one LMDB read transaction, taken with
   the live version current), used while LMDB's last transaction id shows no commit since.
+* Unary Rank: the common answer is written as wire bytes by the version's encoder
+  (``encode.py``), inline dense features are read zero-copy from the request's bytes
+  (``wire.py``), by-id rows come from the snapshot's row cache (``UsersView.row``).
 * Health (grpc.health.v1): NOT_SERVING until the store is open, a version is loaded
   and ``scoring.warmup()`` compiled the kernels; SERVING after; NOT_SERVING first on
   shutdown, then ``server.stop(grace)`` lets in-flight calls finish.
@@ -38,7 +41,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import grpc
 import numpy as np
@@ -48,11 +51,13 @@ import scoring
 from llmhyper._proto import ranker_pb2 as pb
 from llmhyper._proto import ranker_pb2_grpc as pb_grpc
 from llmhyper.server.config import ServerConfig
-from llmhyper.server.inputs import allow_mask, inline_rows, inline_vector
+from llmhyper.server.inputs import allow_mask, check_finite_vector, inline_rows, inline_vector
 from llmhyper.server.explain import explain_response
-from llmhyper.server.errors import _SC, RequestError, _invalid, _not_found, _preview, _short
+from llmhyper.server.encode import rank_message
+from llmhyper.server.errors import _SC, RequestError, _invalid, _not_found, _preview, _short, unknown_user
 from llmhyper.server.metrics import ServerMetrics
 from llmhyper.server.state import ServingState
+from llmhyper.server.wire import packed_features, take_wire
 from llmhyper.store.weight_store import UserNotFound, VersionNotFound, WeightStore
 
 log = logging.getLogger("llmhyper.server")
@@ -276,26 +281,44 @@ class RankerServicer(pb_grpc.RankerServicer):
             try:
                 X = users.rows(user_ids)
             except UserNotFound as e:
-                raise _not_found(f"unknown user_id {_short(str(e.user_id))} (the store's user table has "
-                                 f"{users.n_users} users)") from None
+                raise unknown_user(e.user_id, users.n_users) from None
             if X is not None:
-                problem = st.users_problem(users.features)
-                if problem is not None:
-                    raise RequestError(_SC.FAILED_PRECONDITION, problem)
-                return st, X
+                return self._checked(st, users.features), X
+        return self._read_users(st, live, user_ids)
+
+    def _user_row(self, st: ServingState, live: bool, user_id: str) -> tuple[ServingState, np.ndarray]:
+        """(state, float32 [F]) for one user: :meth:`_users_by_id` for a single id, whose fast
+        path takes the row from the snapshot's row cache (``UsersView.row``)."""
+        users = self._users
+        if live and users is not None and users.version == st.version and users.fresh():
+            try:
+                x = users.row(user_id)
+            except UserNotFound as e:
+                raise unknown_user(e.user_id, users.n_users) from None
+            if x is not None:
+                return self._checked(st, users.features), x
+        st, X = self._read_users(st, live, (user_id,))
+        return st, X[0]
+
+    @staticmethod
+    def _checked(st: ServingState, user_features: Sequence[tuple[str, str]] | None) -> ServingState:
+        """``st``, after checking that a user table with this schema can be scored by it."""
+        problem = st.users_problem(user_features)
+        if problem is not None:
+            raise RequestError(_SC.FAILED_PRECONDITION, problem)
+        return st
+
+    def _read_users(self, st: ServingState, live: bool, user_ids: Sequence[str]) -> tuple[ServingState, np.ndarray]:
+        """The full read of :meth:`_users_by_id`: rows and current version in one transaction."""
         for _ in range(_SYNC_ATTEMPTS):
             try:
                 snap = self._store.users_snapshot(user_ids)
             except UserNotFound as e:
-                raise _not_found(f"unknown user_id {_short(str(e.user_id))} (the store's user table has "
-                                 f"{self._store.n_users()} users)") from None
+                raise unknown_user(e.user_id, self._store.n_users()) from None
             if live and snap.version is not None and snap.version != st.version:
                 st = self._sync_to(snap.version, st)
                 continue
-            problem = st.users_problem(snap.features)
-            if problem is not None:
-                raise RequestError(_SC.FAILED_PRECONDITION, problem)
-            return st, snap.X
+            return self._checked(st, snap.features), snap.X
         raise RequestError(_SC.UNAVAILABLE, f"the weight version changed {_SYNC_ATTEMPTS} times while this "
                                             "request read its users; retry")
 
@@ -316,11 +339,16 @@ class RankerServicer(pb_grpc.RankerServicer):
                                                 f"loaded ({type(e).__name__}); retry") from None
         return self._state_for("")
 
-    def _user_vector(self, st: ServingState, live: bool, user_id: str, dense: Sequence[float],
-                     fmap: Mapping[str, float]) -> tuple[ServingState, np.ndarray]:
-        """(state, the request's feature vector float32 [F]), validated: length, names, finite.
-        The state differs from ``st`` only when a by-id read caught a newer publish (see
-        :meth:`_users_by_id`)."""
+    def _user_vector(self, st: ServingState, live: bool, request: Any, check_finite: bool = True,
+                     wire: bytes | None = None) -> tuple[ServingState, np.ndarray]:
+        """(state, the feature vector float32 [F] of a Rank or Explain ``request``), validated:
+        exactly one input, length, names, and (with ``check_finite``) finite values. ``wire``:
+        the request's bytes (``wire.take_wire``), to read dense features from without
+        converting them. The state differs from ``st`` only when a by-id read caught a newer
+        publish (see :meth:`_users_by_id`)."""
+        user_id = request.user_id
+        dense = request.features
+        fmap = request.feature_map
         n_dense = len(dense)
         given = (1 if user_id else 0) + (1 if n_dense else 0) + (1 if len(fmap) else 0)
         if given != 1:
@@ -328,9 +356,9 @@ class RankerServicer(pb_grpc.RankerServicer):
                 raise _invalid("no user given: set exactly one of user_id, features (dense) or feature_map")
             raise _invalid("set exactly one of user_id, features (dense) or feature_map, not several")
         if user_id:
-            st, U = self._users_by_id(st, live, [user_id])
-            return st, U[0]
-        return st, inline_vector(st, dense, fmap)
+            return self._user_row(st, live, user_id)
+        packed = packed_features(wire, n_dense) if wire is not None and n_dense == st.F else None
+        return st, inline_vector(st, dense, fmap, packed, check_finite)
 
     def _check_k(self, k: int) -> int:
         if k < 1 or k > self._max_k:
@@ -350,37 +378,42 @@ class RankerServicer(pb_grpc.RankerServicer):
             self._kernel_calls += 1
 
     # ------------------------------------------------------------------ RPCs
-    def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
-        st = self._state_for(request.version)
-        st, x = self._user_vector(st, self._is_live(request.version), request.user_id,
-                                  request.features, request.feature_map)
+    def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse | bytes:
+        """Top-k ads for one user. The common answer (no contributions, not exploring) comes
+        back as the serialized bytes from the version's encoder (``encode.py``), else as a
+        message; the registered response serializer takes both."""
+        wire = take_wire(request)  # first, so the kept bytes never outlive the call
+        version = request.version
+        st = self._state_for(version)
+        st, x = self._user_vector(st, not version, request, check_finite=False, wire=wire)  # the kernel checks
         k = self._check_k(request.top_k)
-        mask = allow_mask(st, request.allow_ad_ids, request.deny_ad_ids)
+        allow, deny = request.allow_ad_ids, request.deny_ad_ids
+        mask = allow_mask(st, allow, deny) if allow or deny else None
         rules, applied = st.rules_for(request)
         explore, seed = st.exploration(request, self._config.explore_default)
-        resp = pb.RankResponse(version=st.version, content_rules_applied=applied, explored=explore, seed=seed)
         if mask is not None and not mask.any():
-            return resp  # every ad filtered out: nothing to rank
+            check_finite_vector(st, x)
+            # every ad filtered out: nothing to rank
+            return pb.RankResponse(version=st.version, content_rules_applied=applied, explored=explore, seed=seed)
         self._before_kernel(context)
-        if explore:  # ranked by the sample; the returned logit/ctr are the mean ones
-            assert st.sigma is not None  # exploration() refuses a version without sigma
-            idx, logit, prob, _ = scoring.topk_one_thompson(st.theta, st.sigma, x, k, seed, mask, rules,
-                                                            st.sigma_bound)
-        else:
-            idx, logit, prob = scoring.topk_one(st.theta, x, k, mask, rules)
+        try:
+            if explore:  # ranked by the sample; the returned logit/ctr are the mean ones
+                assert st.sigma is not None  # exploration() refuses a version without sigma
+                idx, logit, prob, _ = scoring.topk_one_thompson(st.theta, st.sigma, x, k, seed, mask, rules,
+                                                                st.sigma_bound)
+                rows: list[list[float]] = [list(r) for r in zip(idx.tolist(), logit.tolist(), prob.tolist())]
+            else:
+                rows = scoring.topk_one_rows(st.theta, x, k, mask, rules).tolist()
+        except ValueError:  # the kernels refuse non-finite input: name the request's value
+            check_finite_vector(st, x)
+            raise
         self._count_kernel()
-        ad_ids = st.ad_ids
-        ads = resp.ads
-        if request.with_contributions:
-            resp.feature_names.extend(st.feature_names)
-            theta = st.theta
-            for i, lg, p in zip(idx.tolist(), logit.tolist(), prob.tolist()):
-                ad = ads.add(ad_id=ad_ids[i], ctr=p, logit=lg, ad_index=i)
-                ad.contributions.extend(scoring.contributions(theta[i], x).tolist())
-        else:
-            for i, lg, p in zip(idx.tolist(), logit.tolist(), prob.tolist()):
-                ads.add(ad_id=ad_ids[i], ctr=p, logit=lg, ad_index=i)
-        return resp
+        with_contributions = request.with_contributions
+        if not (explore or with_contributions):
+            encoded = st.encoder.encode(rows, applied)
+            if encoded is not None:
+                return encoded
+        return rank_message(st, rows, x if with_contributions else None, applied, explore, seed)
 
     def RankBatch(self, request: pb.RankBatchRequest, context: grpc.ServicerContext) -> pb.RankBatchResponse:
         st = self._state_for(request.version)
@@ -443,8 +476,7 @@ class RankerServicer(pb_grpc.RankerServicer):
             raise _invalid("ad_id is required")
         if request.ad_id not in st.ad_index:
             raise _not_found(f"unknown ad_id {_short(request.ad_id)} in version {st.version} ({st.M} ads)")
-        st, x = self._user_vector(st, self._is_live(request.version), request.user_id,
-                                  request.features, request.feature_map)
+        st, x = self._user_vector(st, self._is_live(request.version), request)
         i = st.ad_index.get(request.ad_id)
         if i is None:  # the publish this request caught dropped the ad
             raise _not_found(f"unknown ad_id {_short(request.ad_id)} in version {st.version} ({st.M} ads)")

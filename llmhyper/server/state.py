@@ -10,6 +10,7 @@ import numpy as np
 
 import scoring
 from llmhyper._proto import ranker_pb2 as pb
+from llmhyper.server.encode import RankEncoder
 from llmhyper.server.errors import _invalid
 from llmhyper.store.weight_store import StoreError
 
@@ -30,12 +31,13 @@ class ServingState:
         rules: the version's content rules (scoring.rules.ContentRules), checked once here, or None.
         sigma: float32 [M, F] posterior spread for Thompson exploration, or None.
         sigma_bound: float64 [M] scoring.sigma_row_norms(sigma) (None without sigma).
+        encoder: the :class:`~llmhyper.server.encode.RankEncoder` of this version's answers.
     """
 
     __slots__ = (
         "view", "version", "theta", "M", "F", "ad_ids", "ad_index", "feature_names",
         "feature_index", "features", "map_default", "pb_features", "_users_checked",
-        "manifest_json", "created_at", "rules", "sigma", "sigma_bound",
+        "manifest_json", "created_at", "rules", "sigma", "sigma_bound", "encoder",
     )
 
     def __init__(self, view: Any) -> None:
@@ -48,6 +50,7 @@ class ServingState:
         self.M, self.F = (int(s) for s in theta.shape)
         self.ad_ids: tuple[str, ...] = tuple(view.ad_ids)
         self.ad_index: dict[str, int] = {a: i for i, a in enumerate(self.ad_ids)}
+        self.encoder = RankEncoder(self.version, self.ad_ids)
         self.features: tuple[tuple[str, str], ...] = tuple((str(n), str(d)) for n, d in view.features)
         self.feature_names: tuple[str, ...] = tuple(n for n, _ in self.features)
         self.feature_index: dict[str, int] = {n: j for j, n in enumerate(self.feature_names)}

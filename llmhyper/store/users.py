@@ -36,9 +36,16 @@ class UsersView:
 
     Holds one read transaction (a reader slot) until :meth:`close`; :meth:`rows` reads rows from
     that snapshot, so they always belong with ``version``. Thread-safe (one lock around the
-    transaction, which LMDB allows only one thread at a time)."""
+    transaction, which LMDB allows only one thread at a time).
 
-    __slots__ = ("version", "features", "n_users", "txnid", "_txn", "_db", "_F", "_lock", "_gen", "_e")
+    :meth:`row` (one user) keeps the rows it has read in a dict owned by this snapshot, up to
+    ``ROW_CACHE_BYTES`` of row data: the snapshot never changes, so a cached row is still the
+    row of ``version``, and it goes away with the snapshot."""
+
+    __slots__ = ("version", "features", "n_users", "txnid", "_txn", "_db", "_F", "_lock", "_gen", "_e",
+                 "_cache", "_cache_max")
+
+    ROW_CACHE_BYTES = 32 << 20
 
     def __init__(self, e: "_Env") -> None:
         self._e = e
@@ -59,6 +66,8 @@ class UsersView:
         self._F = 0 if self.features is None else len(self.features)
         self._db = e.dbs["users"]
         self._lock = threading.Lock()
+        self._cache: dict[str, np.ndarray] = {}
+        self._cache_max = self.ROW_CACHE_BYTES // (4 * self._F + 200)  # + ~200 bytes of object per row
 
     def fresh(self) -> bool:
         """True while nothing was committed to the store since this snapshot (one cheap read of
@@ -87,10 +96,28 @@ class UsersView:
                 return None
         return out
 
+    def row(self, user_id: str) -> np.ndarray | None:
+        """Read-only float32 [F_user] row of ``user_id`` from this snapshot, from the snapshot's
+        cache after the first read; UserNotFound for an unknown id; None when the snapshot was
+        closed or invalidated by a remap (read the store instead)."""
+        r = self._cache.get(user_id)
+        if r is not None and self._txn is not None:
+            return r
+        X = self.rows((user_id,))
+        if X is None:
+            return None
+        r = X[0]
+        r.flags.writeable = False
+        cache = self._cache
+        if len(cache) < self._cache_max:
+            cache[user_id] = r
+        return r
+
     def close(self) -> None:
-        """Release the read transaction (later :meth:`rows` calls return None)."""
+        """Release the read transaction (later :meth:`rows` and :meth:`row` calls return None)."""
         with self._lock:
             txn, self._txn = self._txn, None
+            self._cache = {}
         if txn is not None:
             try:
                 txn.abort()
