@@ -40,7 +40,7 @@ from offline import metrics as M
 from offline.warm.logs import Logs, counts_between, delay_cdf, delay_quantiles, from_arrays
 
 DAY = 86400.0
-PROTOCOL = 9  # bump when the protocol's numbers change, so finished seeds are not resumed across it
+PROTOCOL = 10  # bump when the protocol's numbers change, so finished seeds are not resumed across it
 
 
 @dataclass
@@ -330,9 +330,11 @@ def choose_scale(prep: Any, n_ads: int = 200, delay_weighting: str = "auto", fra
     cdf = delay_cdf(retired_delay_quantiles(prep)) if ds.implicit and delay_weighting != "off" else None
     col = np.full(ds.n_ads, -1, dtype=np.int64)
     col[sp.warm[cand]] = np.arange(cand.size)
-    is_warm = np.zeros(ds.n_ads, dtype=bool)
-    is_warm[sp.warm] = True
-    r = np.flatnonzero(is_warm[ds.inter_ad])
+    # Only the replayed cohort's own rows: in the active period (and in production) a refresh sees
+    # the served cold ads' logs only, so an implicit trial is activity on another ad of the cohort.
+    # Counting activity on every retired ad made every platform user a trial of every replayed ad
+    # and picked an intercept scale (4) that over-trusts early data (README "Where it stops short").
+    r = np.flatnonzero(col[ds.inter_ad] >= 0)
     logs = from_arrays(ds.user_ids, ds.inter_user[r], col[ds.inter_ad[r]], ds.inter_clicked[r], ds.inter_ts[r])
     ch = choose_prior_scale(ds.X, logs, lw[cand], prior, ds.implicit, base=base, cdf=cdf)
     ch.delay_weighting = cdf is not None
