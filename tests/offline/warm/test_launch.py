@@ -159,3 +159,23 @@ def test_sample_scale_is_chosen_on_retired_launches(world):
     assert ch["regret"]["0"] == pytest.approx(g) and ch["sample_scale"] in (0.0, 4.0)
     # the chosen scale is what run_seed uses when the config leaves it unset
     assert run_seed(_cfg(sample_scale=None), w, 0) == run_seed(_cfg(sample_scale=w.info["sample_scale"]), w, 0)
+
+
+def test_scale_replay_counts_only_the_cohorts_activity(world):
+    """The retired replay's logs are the replayed cohort's rows only (as a refresh sees only the
+    cold ads' logs), so a user active only on other retired ads is no implicit trial."""
+    from offline.warm.logs import counts_between
+    from offline.warm.replay import cohort_logs
+
+    _, prep, _ = world
+    ds, sp = prep.dataset, prep.split
+    ads = sp.warm[np.argsort(ds.launched_at[sp.warm], kind="stable")[-8:]]
+    logs = cohort_logs(ds, ads)
+    in_cohort = np.isin(ds.inter_ad, ads)
+    assert logs.n == int(in_cohort.sum()) and logs.n < ds.inter_ad.size
+    assert set(np.unique(logs.ad)) <= set(range(ads.size))
+    np.testing.assert_array_equal(ads[logs.ad], ds.inter_ad[in_cohort])
+    launched = ds.launched_at[ads]
+    tr, _ = counts_between(logs, ds.n_users, launched, np.full(ads.size, np.inf), ds.implicit)
+    elsewhere = np.setdiff1d(np.unique(ds.inter_user[~in_cohort]), np.unique(ds.inter_user[in_cohort]))
+    assert elsewhere.size > 0 and not tr[elsewhere].any()
