@@ -444,6 +444,18 @@ def _block(rows: int, M: int) -> np.ndarray:
     return buf[:need].reshape(rows, M)
 
 
+def outputs(X: np.ndarray, M: int, k: int, allow: np.ndarray
+            ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(k', idx int64 [B, k'], logit float32 [B, k'], prob float32 [B, k']), k' = min(k, #allowed)
+    of M ads, the outputs uninitialised; raises ValueError for NaN/inf in X [B, F] when there
+    is anything to rank."""
+    B = X.shape[0]
+    kk = max(min(k, M if allow.shape[0] == 0 else int(np.count_nonzero(allow))), 0)
+    if kk and B and not np.isfinite(X).all():
+        raise ValueError("X contains NaN or inf")
+    return kk, np.empty((B, kk), np.int64), np.empty((B, kk), np.float32), np.empty((B, kk), np.float32)
+
+
 def topk_batch(theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray,
                exclude: ExcludeHook | None = None,
                select: Callable[..., None] = select_block,
@@ -457,17 +469,11 @@ def topk_batch(theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray,
     block selection (serial :data:`select_block` or :data:`scoring.parallel.select_block`).
     Raises ValueError for NaN/inf in X or in an allowed row of theta.
     """
-    B, F = X.shape
+    B = X.shape[0]
     M = theta.shape[0]
-    n_ok = M if allow.shape[0] == 0 else int(np.count_nonzero(allow))
-    kk = max(min(k, n_ok), 0)
-    idx = np.empty((B, kk), np.int64)
-    lg = np.empty((B, kk), np.float32)
-    pr = np.empty((B, kk), np.float32)
+    kk, idx, lg, pr = outputs(X, M, k, allow)
     if kk == 0 or B == 0:
         return idx, lg, pr
-    if not np.isfinite(X).all():
-        raise ValueError("X contains NaN or inf")
     cmax = colmax(theta)
     nb = min(block_rows(M), B)
     Z = _block(nb, M)

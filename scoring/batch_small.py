@@ -43,9 +43,10 @@ from .batch import (
     _kth_largest,
     _threshold32,
     colmax,
+    outputs,
 )
 from .kernels import _F32_2D, _OUT_F32_2D, _OUT_I64_2D, _THETA_BAD, _U8_1D, INSERTION_MAX_K, _sigmoid64
-from .rules import _clear_mask, _exclusion_mask
+from .rules import _clear_mask, _exclusion_mask, lowest_thresholds, may_fire
 
 __all__ = ["use_small", "topk_batch", "select_block_t", "BLOCK_USERS"]
 
@@ -181,17 +182,10 @@ def _mask_t(Zt, X, row0, fptr, fthr, fad, ex):  # pragma: no cover - compiled
     """Content rules on a transposed block: Zt[a, r] = -inf where a rule of ad a fires for
     user row0 + r (rules as :func:`scoring.rules._mask_block`; ex: uint8 [M] of 0s, left 0s)."""
     M, nb = Zt.shape
-    F = X.shape[1]
-    lowest = np.full(F, np.inf)  # per feature, the lowest threshold: no rule fires at or below it
-    for f in range(fptr.shape[0] - 1):
-        if fptr[f] < fptr[f + 1]:
-            lowest[f] = np.float64(fthr[fptr[f]])
+    lowest = lowest_thresholds(fptr, fthr, X.shape[1])
     for r in range(nb):
         b = row0 + r
-        fires = False
-        for f in range(F):  # most users trip no rule: one vectorised pass says so
-            fires |= np.float64(X[b, f]) > lowest[f]
-        if not fires or _exclusion_mask(fptr, fthr, fad, X, b, ex) == 0:
+        if not may_fire(X, b, lowest) or _exclusion_mask(fptr, fthr, fad, X, b, ex) == 0:
             continue
         for a in range(M):
             if ex[a] != 0:
@@ -211,15 +205,9 @@ def topk_batch(theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray,
     """
     B = X.shape[0]
     M = theta.shape[0]
-    n_ok = M if allow.shape[0] == 0 else int(np.count_nonzero(allow))
-    kk = max(min(k, n_ok), 0)
-    idx = np.empty((B, kk), np.int64)
-    lg = np.empty((B, kk), np.float32)
-    pr = np.empty((B, kk), np.float32)
+    kk, idx, lg, pr = outputs(X, M, k, allow)
     if kk == 0 or B == 0:
         return idx, lg, pr
-    if not np.isfinite(X).all():
-        raise ValueError("X contains NaN or inf")
     cmax = colmax(theta)
     fptr, fthr, fad = rules
     ex = np.zeros(M, np.uint8)

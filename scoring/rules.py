@@ -246,6 +246,27 @@ def _clear_mask(fptr, fthr, fad, X, b, ex):  # pragma: no cover - compiled
 
 
 @njit(**_KW)
+def lowest_thresholds(fptr, fthr, F):  # pragma: no cover - compiled
+    """float64 [F]: per feature, the lowest threshold of its rules (inf without rules); no
+    rule fires for a user whose value is at or below it on every feature."""
+    lowest = np.full(F, np.inf)
+    for f in range(fptr.shape[0] - 1):
+        if fptr[f] < fptr[f + 1]:
+            lowest[f] = np.float64(fthr[fptr[f]])
+    return lowest
+
+
+@njit(inline="always", **_KW)
+def may_fire(X, b, lowest):  # pragma: no cover - compiled
+    """False when no rule can fire for user row b of X (one vectorised pass, no branch per
+    feature): most users trip no rule, and this spares them the per-feature rule walk."""
+    fires = False
+    for f in range(lowest.shape[0]):
+        fires |= np.float64(X[b, f]) > lowest[f]
+    return fires
+
+
+@njit(**_KW)
 def _mask_block(Z, X, b0, a0, fptr, fthr, fad, ex):  # pragma: no cover - compiled
     """Set Z[i, j] = -inf where ad a0 + j is excluded for user row b0 + i of X.
 
@@ -258,17 +279,10 @@ def _mask_block(Z, X, b0, a0, fptr, fthr, fad, ex):  # pragma: no cover - compil
     if fptr.shape[0] == 0:
         return 0
     nb, na = Z.shape
-    F = X.shape[1]
-    lowest = np.full(F, np.inf)  # per feature, the lowest threshold: no rule fires at or below it
-    for f in range(fptr.shape[0] - 1):
-        if fptr[f] < fptr[f + 1]:
-            lowest[f] = np.float64(fthr[fptr[f]])
+    lowest = lowest_thresholds(fptr, fthr, X.shape[1])
     n = 0
     for i in range(nb):
-        fires = False
-        for f in range(F):  # most users trip no rule: one vectorised pass says so
-            fires |= np.float64(X[b0 + i, f]) > lowest[f]
-        if not fires or _exclusion_mask(fptr, fthr, fad, X, b0 + i, ex) == 0:
+        if not may_fire(X, b0 + i, lowest) or _exclusion_mask(fptr, fthr, fad, X, b0 + i, ex) == 0:
             continue
         for j in range(na):
             if ex[a0 + j] != 0:

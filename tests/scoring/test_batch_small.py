@@ -12,25 +12,11 @@ import pytest
 import scoring
 from scoring import batch_small as S
 from scoring import reference as R
-
-
-def _world(M: int, F: int, B: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    theta = rng.normal(0.0, 0.4, size=(M, F)).astype(np.float32)
-    theta[:, 0] = rng.normal(-3.0, 0.5, size=M)
-    X = rng.random((B, F), dtype=np.float32)
-    X[:, 0] = 1.0
-    return theta, X
+from tests.scoring.test_batch import _same, _world
 
 
 def _row_major(theta: np.ndarray, X: np.ndarray, k: int, allow: np.ndarray | None = None) -> tuple:
     return scoring.topk_batch(theta, X, k, allow, exclude=lambda Z, row0: None)
-
-
-def _same(a: tuple, b: tuple) -> None:
-    for u, v in zip(a, b):
-        assert u.shape == v.shape and u.dtype == v.dtype
-        assert np.array_equal(u, v)
 
 
 def _kk(M: int, k: int, allow: np.ndarray | None = None) -> int:
