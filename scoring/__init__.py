@@ -188,6 +188,18 @@ def score_matrix(theta: np.ndarray, X: np.ndarray, rules: ContentRules | None = 
     return Z
 
 
+def _one_args(theta: object, x: object, k: object) -> int:
+    """Check a single-user call's theta [M, F] and x [F] (one cheap test on the common
+    path) and return k as a valid int."""
+    if not (type(theta) is np.ndarray and theta.dtype is _F32 and theta.ndim == 2
+            and theta.flags.c_contiguous and type(x) is np.ndarray and x.dtype is _F32
+            and x.ndim == 1 and x.flags.c_contiguous and x.shape[0] == theta.shape[1]):
+        _check_pair("theta", theta, "x", x, 1)
+    if type(k) is not int or not 0 < k <= _KMAX:
+        return _check_k(k)
+    return k
+
+
 def topk_one(
     theta: np.ndarray, x: np.ndarray, k: int, allow: np.ndarray | None = None,
     rules: ContentRules | None = None,
@@ -199,12 +211,7 @@ def topk_one(
     (idx int64[k'], logit float32[k'], prob float32[k']) with k' = min(k, #eligible),
     logit descending, ties -> lower index.
     """
-    if not (type(theta) is np.ndarray and theta.dtype is _F32 and theta.ndim == 2
-            and theta.flags.c_contiguous and type(x) is np.ndarray and x.dtype is _F32
-            and x.ndim == 1 and x.flags.c_contiguous and x.shape[0] == theta.shape[1]):
-        _check_pair("theta", theta, "x", x, 1)
-    if type(k) is not int or not 0 < k <= _KMAX:
-        k = _check_k(k)
+    k = _one_args(theta, x, k)
     r = _NO_RULES if rules is None else _rules(rules, theta)
     return _k.topk_one(theta, x, k, _NO_MASK if allow is None else _mask(allow, theta.shape[0]), *r)
 
@@ -215,12 +222,7 @@ def topk_one_rows(
 ) -> np.ndarray:
     """:func:`topk_one` as one float64 array [k', 3] of rows (ad index, logit, prob), same
     values exactly; cheaper per call (one array to box, see :mod:`scoring.packed`)."""
-    if not (type(theta) is np.ndarray and theta.dtype is _F32 and theta.ndim == 2
-            and theta.flags.c_contiguous and type(x) is np.ndarray and x.dtype is _F32
-            and x.ndim == 1 and x.flags.c_contiguous and x.shape[0] == theta.shape[1]):
-        _check_pair("theta", theta, "x", x, 1)
-    if type(k) is not int or not 0 < k <= _KMAX:
-        k = _check_k(k)
+    k = _one_args(theta, x, k)
     if allow is None and rules is None:
         return _p.plain(theta, x, k)
     return _p.full(theta, x, k, _mask(allow, theta.shape[0]), *_rules(rules, theta))

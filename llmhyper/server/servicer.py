@@ -58,6 +58,7 @@ from llmhyper.server.errors import _SC, RequestError, _invalid, _not_found, _pre
 from llmhyper.server.metrics import ServerMetrics
 from llmhyper.server.state import ServingState
 from llmhyper.server.wire import packed_features, take_wire
+from llmhyper.store.users import UsersView
 from llmhyper.store.weight_store import UserNotFound, VersionNotFound, WeightStore
 
 log = logging.getLogger("llmhyper.server")
@@ -100,7 +101,7 @@ class RankerServicer(pb_grpc.RankerServicer):
         self._poller_lock = threading.Lock()
         self._sync_lock = threading.Lock()  # one _poll_once at a time (poller or a request)
         self._failed_load: tuple[str, float] | None = None  # (version, monotonic time) of a failed by-id sync
-        self._users: Any = None  # UsersView of the live version (rows of its own publish), or None
+        self._users: UsersView | None = None  # of the live version (rows of its own publish)
         self._delay = float(config.debug_handler_delay_s)
         self._max_k = int(config.max_top_k)
 
@@ -261,6 +262,14 @@ class RankerServicer(pb_grpc.RankerServicer):
         pinned and stays on it even if a newer one is published meanwhile."""
         return not requested
 
+    def _fresh_users(self, st: ServingState, live: bool) -> UsersView | None:
+        """The poller's user-table snapshot if it may serve this request (live version, taken
+        with ``st`` current, no commit since), else None."""
+        users = self._users
+        if live and users is not None and users.version == st.version and users.fresh():
+            return users
+        return None
+
     def _users_by_id(self, st: ServingState, live: bool, user_ids: Sequence[str]) -> tuple[ServingState, np.ndarray]:
         """(state, float32 [B, F]) for rows of the store's user table.
 
@@ -276,8 +285,8 @@ class RankerServicer(pb_grpc.RankerServicer):
         id unchanged, checked per request without a transaction) its rows are the current ones
         and belong with these weights; after any commit the request takes the full read below
         until the poller renews the snapshot."""
-        users = self._users
-        if live and users is not None and users.version == st.version and users.fresh():
+        users = self._fresh_users(st, live)
+        if users is not None:
             try:
                 X = users.rows(user_ids)
             except UserNotFound as e:
@@ -289,8 +298,8 @@ class RankerServicer(pb_grpc.RankerServicer):
     def _user_row(self, st: ServingState, live: bool, user_id: str) -> tuple[ServingState, np.ndarray]:
         """(state, float32 [F]) for one user: :meth:`_users_by_id` for a single id, whose fast
         path takes the row from the snapshot's row cache (``UsersView.row``)."""
-        users = self._users
-        if live and users is not None and users.version == st.version and users.fresh():
+        users = self._fresh_users(st, live)
+        if users is not None:
             try:
                 x = users.row(user_id)
             except UserNotFound as e:
