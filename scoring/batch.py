@@ -336,6 +336,18 @@ def _finish_row(theta, xd, kk, nc, ci, cv, sv, oi, ol, ob):  # pragma: no cover 
 
 
 @njit(inline="always", **_KW)
+def _close_row(n, kk, idx, lg, pr, b):  # pragma: no cover - compiled
+    """Row b of the outputs after its top n are written: their probabilities, then the
+    padding of a short row (idx -1, logit -inf, prob 0) up to kk."""
+    for t in range(n):
+        pr[b, t] = np.float32(_sigmoid64(np.float64(lg[b, t])))
+    for t in range(n, kk):
+        idx[b, t] = -1
+        lg[b, t] = _NEG_INF
+        pr[b, t] = 0.0
+
+
+@njit(inline="always", **_KW)
 def _select_row(theta, Zr, xd, kk, use_mask, allow, tol, oi, ol, ob, buf, ci, cv, sv, cmx, lv, kc):  # pragma: no cover
     """Top kk of one user into row ``ob`` of oi/ol [B, kk] (whole arrays: no per-row views);
     returns how many were filled (<= kk), -1 if a re-scored allowed row of theta is non-finite.
@@ -412,12 +424,7 @@ def _select_block(theta, Z, X, row0, kk, allow, cmax, idx, lg, pr, status):  # p
             if n < 0:
                 status[r] = 2
                 n = 0
-            for t in range(n):
-                pr[b, t] = np.float32(_sigmoid64(np.float64(lg[b, t])))
-            for t in range(n, kk):
-                idx[b, t] = -1
-                lg[b, t] = _NEG_INF
-                pr[b, t] = 0.0
+            _close_row(n, kk, idx, lg, pr, b)
 
 
 SELECT_SIG = types.void(_F32_2D, _Z_2D, _F32_2D, types.int64, types.int64, _U8_1D, _F64_1D,

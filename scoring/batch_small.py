@@ -37,6 +37,7 @@ from .batch import (
     _NEG_INF,
     _TOL_MAX,
     _U8_OUT,
+    _close_row,
     _finish_row,
     _load_bound,
     _kth_by_count,
@@ -45,7 +46,7 @@ from .batch import (
     colmax,
     outputs,
 )
-from .kernels import _F32_2D, _OUT_F32_2D, _OUT_I64_2D, _THETA_BAD, _U8_1D, INSERTION_MAX_K, _sigmoid64
+from .kernels import _F32_2D, _OUT_F32_2D, _OUT_I64_2D, _THETA_BAD, _U8_1D, INSERTION_MAX_K
 from .rules import _clear_mask, _exclusion_mask, lowest_thresholds, may_fire
 
 __all__ = ["use_small", "topk_batch", "select_block_t", "BLOCK_USERS"]
@@ -157,12 +158,7 @@ def select_block_t(theta, Zt, X, row0, kk, allow, cmax, idx, lg, pr, status):  #
         if n < 0:
             status[r] = 2
             n = 0
-        for t in range(n):
-            pr[b, t] = np.float32(_sigmoid64(np.float64(lg[b, t])))
-        for t in range(n, kk):
-            idx[b, t] = -1
-            lg[b, t] = _NEG_INF
-            pr[b, t] = 0.0
+        _close_row(n, kk, idx, lg, pr, b)
 
 
 _scratch = threading.local()

@@ -182,6 +182,23 @@ def make_world(cfg: LaunchConfig, prep: Any | None = None, truth_all: np.ndarray
     return LaunchWorld(np.ascontiguousarray(ds.X, dtype=np.float32), truth, prior, list(art.ad_ids), info)
 
 
+def _retired_priors(prep: Any, frac: float, max_ads: int, min_ads: int, scale: float,
+                    intercept_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The latest ``frac`` of the retired ads (between ``min_ads`` and ``max_ads``) as cold ads:
+    (positions into ``prep.split.warm`` [T], pseudo-cold prior mean float32 [T, F], prior std
+    float64 [T, F] = floored generator spread x ``scale``, ``intercept_scale`` on the intercept)."""
+    from offline.warm.policies import SPREAD_FLOOR
+    from offline.warm.scale import generator_priors
+
+    lw = prep.dataset.launched_at[prep.split.warm]
+    order = np.argsort(lw, kind="stable")
+    cand = order[-min(max_ads, max(min_ads, int(frac * lw.size))):]
+    mu, spread = generator_priors(prep, cand)
+    mult = np.full(mu.shape[1], float(scale))
+    mult[0] = float(intercept_scale)
+    return cand, mu, np.maximum(spread.astype(np.float64), SPREAD_FLOOR) * mult[None, :]
+
+
 def spread_calibration(prep: Any, scale: float, intercept_scale: float, frac: float = 0.3,
                        max_ads: int = 200) -> dict:
     """How wide the generator's prior is against its real error, measured on retired ads only.
@@ -194,17 +211,8 @@ def spread_calibration(prep: Any, scale: float, intercept_scale: float, frac: fl
     z (1 = calibrated; < 1 = too wide), "n_ads": ads used}. The trained weights carry estimation
     noise of their own, so z_std errs high (a wider prior), never by using the active ads.
     """
-    from offline.warm.policies import SPREAD_FLOOR
-    from offline.warm.scale import generator_priors
-
-    ds, sp = prep.dataset, prep.split
-    lw = ds.launched_at[sp.warm]
-    order = np.argsort(lw, kind="stable")
-    cand = order[-min(max_ads, max(1, int(frac * lw.size))):]
-    mu, spread = generator_priors(prep, cand)
-    mult = np.full(mu.shape[1], float(scale))
-    mult[0] = float(intercept_scale)
-    sd = np.maximum(spread.astype(np.float64), SPREAD_FLOOR) * mult[None, :]
+    ds = prep.dataset
+    cand, mu, sd = _retired_priors(prep, frac, max_ads, 1, scale, intercept_scale)
     Xd = ds.X.astype(np.float64)
     err = Xd @ (mu.astype(np.float64) - prep.warm_theta[cand].astype(np.float64)).T
     z = err / np.sqrt((Xd * Xd) @ (sd * sd).T)
@@ -282,20 +290,12 @@ def retired_world(prep: Any, scale: float, intercept_scale: float, frac: float =
     """A :class:`LaunchWorld` of the latest ``frac`` retired ads (at most
     ``max_ads``): prior mean = their pseudo-cold generator output, prior std = floored spread x
     ``scale`` (``intercept_scale`` on the intercept), truth = their trained weights [T, F]."""
-    from offline.warm.policies import SPREAD_FLOOR
-    from offline.warm.scale import generator_priors
-
-    ds, sp = prep.dataset, prep.split
-    lw = ds.launched_at[sp.warm]
-    order = np.argsort(lw, kind="stable")
-    cand = order[-min(max_ads, max(2, int(frac * lw.size))):]
-    mu, spread = generator_priors(prep, cand)
-    mult = np.full(mu.shape[1], float(scale))
-    mult[0] = float(intercept_scale)
-    lam = 1.0 / (np.maximum(spread.astype(np.float64), SPREAD_FLOOR) * mult[None, :]) ** 2
+    ds = prep.dataset
+    cand, mu, sd = _retired_priors(prep, frac, max_ads, 2, scale, intercept_scale)
+    lam = 1.0 / sd**2
     prior = Prior(np.ascontiguousarray(mu, dtype=np.float32), lam, ["spread"] * cand.size)
     truth = np.ascontiguousarray(prep.warm_theta[cand], dtype=np.float32)
-    ids = [ds.ad_ids[sp.warm[j]] for j in cand]
+    ids = [ds.ad_ids[prep.split.warm[j]] for j in cand]
     info = {"dataset": ds.name, "n_cold_ads": int(cand.size), "what": "retired ads played as cold"}
     return LaunchWorld(np.ascontiguousarray(ds.X, dtype=np.float32), truth, prior, ids, info)
 
