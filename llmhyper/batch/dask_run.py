@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from llmhyper.batch import BatchInputError
+from llmhyper.batch import BatchInputError, BatchRuntimeError
 from llmhyper.batch.inputs import Chunk, InputSpec
 from llmhyper.batch.job import PartResult
 
@@ -53,6 +53,28 @@ def score_task(theta: np.ndarray, ad_ids: tuple[str, ...], version: str, index: 
     return build_part(index, rows_in, ids, idx, ctr, lg, ad_ids, version, wide, rejects)
 
 
+#: Times a task is submitted again after Dask cancelled it (an input it needed was lost
+#: with a killed worker, which ``retries`` does not cover).
+RESUBMITS = 3
+
+
+def result_or_resubmit(fut: Any, resubmit: Callable[[int], Any]) -> Any:
+    """``fut.result()``; when Dask cancelled the task instead (seen under load when a worker
+    holding a scattered input was SIGKILLed: "cancelled for reason: already forgotten"),
+    ``resubmit(attempt)`` a fresh task and wait for that, up to :data:`RESUBMITS` times.
+    Raises BatchRuntimeError after that. The answer is the same bytes whichever try gives it."""
+    from concurrent.futures import CancelledError
+
+    for attempt in range(1, RESUBMITS + 2):
+        try:
+            return fut.result()
+        except CancelledError as e:
+            if attempt > RESUBMITS:
+                raise BatchRuntimeError(f"Dask task {fut.key} cancelled {attempt} times: {e}") from e
+            fut = resubmit(attempt)
+    raise AssertionError("unreachable")
+
+
 def score_on_dask(client: Any, scorer: Any, todo: Iterator[Chunk], k: int, mask: np.ndarray | None,
                   wide: bool, on_unknown: str, done: Callable[[PartResult], None]) -> None:
     """Score the chunks of ``todo`` on the client's workers; ``done(part)`` for each result
@@ -60,24 +82,39 @@ def score_on_dask(client: Any, scorer: Any, todo: Iterator[Chunk], k: int, mask:
     from distributed import as_completed
 
     w = scorer.weights
-    theta_f = client.scatter(np.ascontiguousarray(w.theta), broadcast=True, hash=False)
-    ids_f = client.scatter(w.ad_ids, broadcast=True, hash=False)
-    mask_f = client.scatter(mask, broadcast=True, hash=False) if mask is not None else None
+
+    def scatter() -> tuple[Any, Any, Any]:
+        return (client.scatter(np.ascontiguousarray(w.theta), broadcast=True, hash=False),
+                client.scatter(w.ad_ids, broadcast=True, hash=False),
+                client.scatter(mask, broadcast=True, hash=False) if mask is not None else None)
+
+    inputs = [scatter()]
     limit = 2 * max(1, len(client.scheduler_info().get("workers", {})))
     pending = as_completed()
-    n = 0
+    args: dict[str, tuple] = {}
+
+    def submit(task: tuple, attempt: int = 0) -> Any:
+        if attempt:  # the scattered inputs may be what was lost: scatter them afresh
+            inputs[0] = scatter()
+        theta_f, ids_f, mask_f = inputs[0]
+        index, rows_in, ids, X, rej = task
+        fut = client.submit(score_task, theta_f, ids_f, w.version, index, rows_in, ids, X, k,
+                            mask_f, wide, rej, key=f"llmhyper-score-{w.version}-{index}-{id(pending)}-{attempt}",
+                            retries=3, pure=False)
+        args[fut.key] = task
+        return fut
+
+    def finish(f: Any) -> None:
+        task = args.pop(f.key)
+        done(result_or_resubmit(f, lambda attempt: submit(task, attempt)))
+
     for ch in todo:
         ids, X, rej = scorer.rows(ch, on_unknown)
-        fut = client.submit(score_task, theta_f, ids_f, w.version, ch.index, len(ch.ids), ids, X, k,
-                            mask_f, wide, rej, key=f"llmhyper-score-{w.version}-{ch.index}-{id(pending)}",
-                            retries=3, pure=False)
-        pending.add(fut)
-        n += 1
+        pending.add(submit((ch.index, len(ch.ids), ids, X, rej)))
         while pending.count() >= limit:
-            f = next(pending)
-            done(f.result())
+            finish(next(pending))
     for f in pending:
-        done(f.result())
+        finish(f)
 
 
 @dataclass(frozen=True)
@@ -156,9 +193,19 @@ def score_partitions_on_dask(client: Any, job: WorkerJob, indices: list[int],
     tag = f"{job.version}-{id(job_f)}"
     futs = [client.submit(partition_task, job_f, i, key=f"llmhyper-part-{tag}-{i}", retries=3, pure=False)
             for i in indices]
+    index_of = {f.key: i for f, i in zip(futs, indices)}
+
+    def resubmit(i: int, attempt: int) -> Any:
+        fresh = client.scatter(job, broadcast=True, hash=False)  # the lost input may be the job
+        f = client.submit(partition_task, fresh, i, key=f"llmhyper-part-{tag}-{i}-{attempt}", retries=3,
+                          pure=False)
+        futs.append(f)
+        return f
+
     try:
-        for f in as_completed(futs):
-            r = f.result()
+        for f in as_completed(list(futs)):
+            i = index_of[f.key]
+            r = result_or_resubmit(f, lambda attempt, i=i: resubmit(i, attempt))
             if isinstance(r, InputProblem):
                 raise BatchInputError(r.message)
             done(r)

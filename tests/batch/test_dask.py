@@ -181,3 +181,29 @@ def test_shared_fs_skip_writes_the_same_rejects(tmp_path: Path, bstore: Path, bw
     rejects = (tmp_path / "dask.parquet.rejects.csv").read_text()
     assert rejects == (tmp_path / "ref.parquet.rejects.csv").read_text()
     assert rejects == "row,user_id\n6,ghost-a\n131,ghost-b\n500,ghost-c\n"
+
+
+def test_a_cancelled_task_is_submitted_again_then_given_up(dask_client) -> None:
+    # Under load a worker SIGKILLed while it held a scattered input made Dask cancel the
+    # dependent task ("already forgotten"), which its retries do not cover.
+    import pytest
+
+    from llmhyper.batch import BatchRuntimeError
+    from llmhyper.batch.dask_run import RESUBMITS, result_or_resubmit
+
+    def cancelled(x: int):
+        f = dask_client.submit(lambda v: v, x, pure=False)
+        dask_client.cancel([f])
+        return f
+
+    tries: list[int] = []
+
+    def resubmit(attempt: int):
+        tries.append(attempt)
+        return cancelled(1) if attempt < 2 else dask_client.submit(lambda v: v * 7, 6, pure=False)
+
+    assert result_or_resubmit(cancelled(0), resubmit) == 42 and tries == [1, 2]
+    tries.clear()
+    with pytest.raises(BatchRuntimeError, match=rf"cancelled {RESUBMITS + 1} times"):
+        result_or_resubmit(cancelled(0), lambda attempt: tries.append(attempt) or cancelled(attempt))
+    assert tries == list(range(1, RESUBMITS + 1))
