@@ -77,6 +77,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "(on), count it fully (off), or let the retired-ad replay decide (auto, default)")
     p.add_argument("--min-pos", type=int, default=20,
                    help="rolling windows with fewer clicks among the scored pairs are not scored (default 20)")
+    p.add_argument("--resamples", type=int, default=1000,
+                   help="bootstrap draws of the paired AUC intervals (users resampled; default 1000)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--work-dir", default=".llmhyper-work", help="caches, replay stores, finished seeds (resume)")
     p.add_argument("--out", default="replay-report", help="report directory (replay.md, replay.json, replay.png)")
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ReplayConfig(dataset=args.dataset, seeds=args.seeds, step_days=args.step_days, min_clicks=args.min_clicks,
                        prior_scale=args.prior_scale, intercept_scale=args.intercept_scale, laplace=args.laplace, rolling=args.rolling, band=args.band,
                        max_steps=args.max_steps, delay_weighting=args.delay_weighting, min_pos=args.min_pos,
+                       resamples=args.resamples,
                        work_dir=args.work_dir, out_dir=args.out, quiet=args.quiet)
     try:
         cfg.validate()

@@ -40,7 +40,8 @@ from offline import metrics as M
 from offline.warm.logs import Logs, counts_between, delay_cdf, delay_quantiles, from_arrays
 
 DAY = 86400.0
-PROTOCOL = 10  # bump when the protocol's numbers change, so finished seeds are not resumed across it
+FROZEN_GAP = 0.01  # "never worse than frozen by more than this AUC" (issue 11)
+PROTOCOL = 11  # bump when the protocol's numbers change, so finished seeds are not resumed across it
 
 
 @dataclass
@@ -58,7 +59,8 @@ class ReplayConfig:
     given), "on" or "off": weigh implicit non-clicks by the retired ads' click-delay distribution;
     min_pos: a rolling window with fewer clicks among its scored pairs is not scored (NaN), so a
     sparse stretch of the log does not decide a cold-start period by noise (per-step metrics
-    need one click and one non-click; their n_pos is reported with them).
+    need one click and one non-click; their n_pos is reported with them); resamples: bootstrap
+    draws of the paired intervals (offline.warm.paired).
     """
 
     dataset: str = "movielens-100k"
@@ -76,6 +78,7 @@ class ReplayConfig:
     max_steps: int | None = None
     delay_weighting: str = "auto"
     min_pos: int = 20
+    resamples: int = 1000
     work_dir: str = ".llmhyper-work"
     out_dir: str = "replay-report"
     quiet: bool = False
@@ -100,6 +103,8 @@ class ReplayConfig:
             raise ValueError(f"test_frac must be in (0, 1), got {self.test_frac}")
         if self.delay_weighting not in ("auto", "on", "off"):
             raise ValueError(f"delay_weighting must be auto, on or off, got {self.delay_weighting!r}")
+        if self.resamples < 1:
+            raise ValueError(f"resamples must be >= 1, got {self.resamples}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
@@ -128,19 +133,21 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def step_metrics(theta_view: np.ndarray, X: np.ndarray, keep: np.ndarray, Y: np.ndarray,
-                 min_pos: int = 1) -> tuple[dict, np.ndarray, np.ndarray]:
+                 min_pos: int = 1) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """Score one step. keep: bool [B, C] scored pairs; Y: 0/1 [B, C]; metrics are NaN with fewer
-    than ``min_pos`` positives. Returns (metrics, labels, logits)."""
+    than ``min_pos`` positives. Returns (metrics, labels, logits, user row of each pair), the
+    pairs in row-major order of ``keep``."""
     import scoring
 
     users = np.flatnonzero(keep.any(axis=1))
     if users.size == 0:
         nan = float("nan")
         return {"auc": nan, "ndcg10": nan, "log_loss": nan, "n_pairs": 0, "n_pos": 0, "n_users": 0}, \
-            np.zeros(0, np.uint8), np.zeros(0)
+            np.zeros(0, np.uint8), np.zeros(0), np.zeros(0, np.int64)
     S = scoring.score_matrix(theta_view, np.ascontiguousarray(X[users], dtype=np.float32)).astype(np.float64)
     k, y = keep[users], Y[users].astype(np.uint8)
     labels, logits = y[k], S[k]
+    pair_user = np.broadcast_to(users[:, None], k.shape)[k]
     masked = np.where(k, S, -np.inf)
     ranked = np.argsort(-masked, axis=1, kind="stable")[:, : min(10, S.shape[1])]
     nd = M.ndcg_from_ranking(np.where(k, y, 0), ranked, 10)
@@ -150,7 +157,8 @@ def step_metrics(theta_view: np.ndarray, X: np.ndarray, keep: np.ndarray, Y: np.
     return {"auc": M.auc(labels, logits) if ok else nan,
             "ndcg10": float(nd.mean()) if nd.size and ok else nan,
             "log_loss": M.log_loss_from_logits(labels, logits) if ok else nan,
-            "n_pairs": int(labels.size), "n_pos": int(labels.sum()), "n_users": int(users.size)}, labels, logits
+            "n_pairs": int(labels.size), "n_pos": int(labels.sum()), "n_users": int(users.size)}, \
+        labels, logits, pair_user
 
 
 def cold_start_period(rolling: list[float], ceiling: list[float], band: float) -> int | None:
@@ -260,9 +268,9 @@ def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, interc
             keep = (et > 0) & avail
         Y = ec > 0
         for name in out:
-            m, lab, lg = step_metrics(views[name], X_te, keep, Y)
+            m, lab, lg, pu = step_metrics(views[name], X_te, keep, Y)
             m["t"] = t0
-            pooled[name].append((lab, lg))
+            pooled[name].append((lab, lg, pu))
             win = pooled[name][-cfg.rolling:]
             yl = np.concatenate([w[0] for w in win])
             sl = np.concatenate([w[1] for w in win])
@@ -276,7 +284,35 @@ def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, interc
         yl = np.concatenate([pooled[name][i][0] for i in first] or [np.zeros(0, np.uint8)])
         sl = np.concatenate([pooled[name][i][1] for i in first] or [np.zeros(0)])
         out[name]["auc_first_pooled"] = M.auc(yl, sl) if 0 < yl.sum() < yl.size else float("nan")
+    _paired(out, pooled, first, seed, cfg.resamples)
     return out
+
+
+def _paired(out: dict, pooled: dict[str, list], first: list[int], seed: int, resamples: int) -> None:
+    """Add each warm-up policy's paired differences (offline.warm.paired) to ``out``, in place:
+    ``paired_first`` {other: AUC(policy) - AUC(other) over the pooled first days, with its 95%
+    interval} against frozen and the other warm-up policies, and ``paired_steps_vs_frozen``
+    [[diff, lo, hi] per step] against frozen. Policies score the same pairs in the same order."""
+    from offline.warm.paired import paired_auc_diff
+
+    def window(name: str, idx: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = [pooled[name][i] for i in idx]
+        if not parts:
+            return np.zeros(0, np.uint8), np.zeros(0), np.zeros(0, np.int64)
+        return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
+
+    warm = [n for n in out if n not in ("frozen", "ceiling")]
+    ref = {n: window(n, first) for n in ["frozen", *warm]}
+    for n_i, name in enumerate(warm):
+        y, s, u = ref[name]
+        out[name]["paired_first"] = {
+            other: paired_auc_diff(y, s, ref[other][1], u, resamples, seed=[seed, n_i, o_i])
+            for o_i, other in enumerate(["frozen", *warm]) if other != name}
+        steps = []
+        for i, (lab, lg, pu) in enumerate(pooled[name]):
+            r = paired_auc_diff(lab, lg, pooled["frozen"][i][1], pu, resamples, seed=[seed, n_i, 1000 + i])
+            steps.append([r["diff"], r["lo"], r["hi"]])
+        out[name]["paired_steps_vs_frozen"] = steps
 
 
 def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
@@ -302,7 +338,32 @@ def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
             "worst_vs_frozen": float(np.nanmax(diff)) if np.isfinite(diff).any() else float("nan"),
             "worst_vs_frozen_rolling": float(np.nanmax(rdiff)) if np.isfinite(rdiff).any() else float("nan"),
         }
+        if "paired_steps_vs_frozen" in d:
+            st = np.array([[_num(v) for v in r] for r in d["paired_steps_vs_frozen"]], dtype=np.float64)
+            res[name]["steps_below_frozen_by_gap"] = int(np.sum(st[:, 0] < -FROZEN_GAP))
+            res[name]["steps_surely_below_frozen_by_gap"] = int(np.sum(st[:, 2] < -FROZEN_GAP))
     return res
+
+
+def paired_first(per_seed: list[dict], name: str, other: str) -> list[dict]:
+    """Per seed, AUC(name) - AUC(other) over the pooled first days with its 95% interval
+    ({"diff", "lo", "hi", "n_pos", "n_pairs", "n_clusters"}, NaN read back as NaN)."""
+    out = []
+    for s in per_seed:
+        r = s.get(name, {}).get("paired_first", {}).get(other)
+        if r is not None:
+            out.append({k: (_num(v) if k in ("diff", "lo", "hi") else v) for k, v in r.items()})
+    return out
+
+
+def verdict(rows: list[dict]) -> str:
+    """'better' when every seed's interval lies above 0, 'worse' when every one lies below,
+    else 'not resolved' (some interval holds 0, or none was measured)."""
+    if rows and all(r["lo"] > 0 for r in rows):
+        return "better"
+    if rows and all(r["hi"] < 0 for r in rows):
+        return "worse"
+    return "not resolved"
 
 
 def cohort_logs(ds: Any, ads: np.ndarray) -> Logs:
@@ -451,9 +512,17 @@ def aggregate(cfg: ReplayConfig, ds: Any, prep: Any, scale_info: dict, per_seed:
             "prior_never_below_frozen_by_0.01_rolling": max(
                 ss["prior"]["worst_vs_frozen_rolling"] for ss in sums) <= 0.01,
         }
+        vs_switch = paired_first(per_seed, "prior", sw)
+        if vs_switch:
+            checks["prior_vs_switch_first_days_paired"] = verdict(vs_switch)
+            checks["prior_vs_frozen_first_days_paired"] = verdict(paired_first(per_seed, "prior", "frozen"))
+            checks["prior_steps_surely_below_frozen_by_0.01"] = [
+                ss["prior"].get("steps_surely_below_frozen_by_gap") for ss in sums]
     return {"config": asdict(cfg), "dataset": {"name": ds.name, "n_users": ds.n_users,
                                                "n_active": int(len(prep.split.cold)),
                                                "n_retired": int(len(prep.split.warm)), "cutoff": cutoff,
                                                "implicit_negatives": bool(ds.implicit), "l2": prep.l2},
             "prior_scale": scale_info, "summary": summary, "steps": steps, "checks": checks,
-            "per_seed_summary": sums}
+            "per_seed_summary": sums,
+            "per_seed_paired": [{n: {"paired_first": d["paired_first"]} for n, d in s.items() if "paired_first" in d}
+                                for s in per_seed]}

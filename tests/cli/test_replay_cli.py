@@ -65,6 +65,17 @@ def test_replay_reports_every_policy_per_step_and_a_cold_start_period(prep, tmp_
     assert "prior-updated" in md and "hard switch at 5 clicks" in md and "implicit negatives" in md
     assert json.loads((tmp_path / "out" / "replay.json").read_text())["summary"].keys() == names
     assert (tmp_path / "out" / "replay.png").stat().st_size > 1000 and len(files) == 3
+    # the paired first-days differences agree with the pooled AUCs of the same pairs
+    from offline.warm.replay import paired_first
+
+    for a, b in (("prior", "frozen"), ("prior", "switch@5"), ("switch@5", "frozen")):
+        (r,) = paired_first(result["per_seed_paired"], a, b)
+        pooled = result["summary"][a]["auc_first_pooled"]["mean"] - result["summary"][b]["auc_first_pooled"]["mean"]
+        assert r["diff"] == pytest.approx(pooled, abs=1e-9) and r["lo"] <= r["hi"] and r["n_clusters"] > 0
+    assert "## Can the data tell?" in md and "prior - switch@5" in md
+    assert result["checks"]["prior_vs_switch_first_days_paired"] in ("better", "worse", "not resolved")
+    steps_sure = result["checks"]["prior_steps_surely_below_frozen_by_0.01"][0]
+    assert 0 <= steps_sure <= result["per_seed_summary"][0]["prior"]["steps_below_frozen_by_gap"] <= 8
 
     # resume: a second run reads the finished seed and gives the same numbers
     ops = StoreReplayOps(tmp_path / "stores2")
@@ -81,6 +92,7 @@ def test_replay_reports_every_policy_per_step_and_a_cold_start_period(prep, tmp_
     (["--seeds", "0"], "seeds must be >= 1"),
     (["--step-days", "0"], "step_days must be > 0"),
     (["--min-clicks", "0"], "min_clicks must be >= 1"),
+    (["--resamples", "0"], "resamples must be >= 1"),
     (["--dataset", "/nonexistent/layout"], "neither a directory in the dataset layout"),
 ])
 def test_bad_replay_arguments_exit_2(tmp_path, capsys, args, match):
