@@ -28,9 +28,10 @@ Serving model
   one place exceptions become codes). Any unexpected exception is logged and answered
   INTERNAL; a handler never answers UNKNOWN and never takes the server down.
 
-Modules: ``state.py`` (:class:`ServingState`), ``inputs.py`` (inline features, allow/deny
-masks), ``explain.py`` (the Explain answer), ``errors.py``, ``guard.py`` (wrapping and
-registering the handlers: ``add_ranker_to_server``); this one holds the servicer itself.
+Modules: ``state.py`` (:class:`ServingState`), ``byid.py`` (the by-id user reads, a base of
+the servicer), ``inputs.py`` (inline features, allow/deny masks), ``explain.py`` (the Explain
+answer), ``errors.py``, ``guard.py`` (wrapping and registering the handlers:
+``add_ranker_to_server``); this one holds the servicer itself.
 
 The server never imports ``offline``, torch, faiss or LLM clients.
 """
@@ -41,7 +42,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -50,16 +51,17 @@ from grpc_health.v1 import health, health_pb2
 import scoring
 from llmhyper._proto import ranker_pb2 as pb
 from llmhyper._proto import ranker_pb2_grpc as pb_grpc
+from llmhyper.server.byid import UserReads
 from llmhyper.server.config import ServerConfig
 from llmhyper.server.inputs import allow_mask, check_finite_vector, inline_rows, inline_vector
 from llmhyper.server.explain import explain_response
 from llmhyper.server.encode import rank_message
-from llmhyper.server.errors import _SC, RequestError, _invalid, _not_found, _preview, _short, unknown_user
+from llmhyper.server.errors import _SC, RequestError, _invalid, _not_found, _preview, _short
 from llmhyper.server.metrics import ServerMetrics
 from llmhyper.server.state import ServingState
 from llmhyper.server.wire import packed_features, take_wire
 from llmhyper.store.users import UsersView
-from llmhyper.store.weight_store import UserNotFound, VersionNotFound, WeightStore
+from llmhyper.store.weight_store import VersionNotFound, WeightStore
 
 log = logging.getLogger("llmhyper.server")
 
@@ -67,10 +69,9 @@ SERVICE_NAME = "llmhyper.v1.Ranker"
 _LE_F32 = np.dtype("<f4")
 _LE_I32 = np.dtype("<i4")
 _PONG = pb.PingResponse()
-_SYNC_ATTEMPTS = 3  # by-id reads that may each catch a newer publish before giving up
 
 
-class RankerServicer(pb_grpc.RankerServicer):
+class RankerServicer(UserReads, pb_grpc.RankerServicer):
     """gRPC handlers for ``llmhyper.v1.Ranker`` on top of a :class:`WeightStore`.
 
     Counters for tests and monitoring (read with :meth:`counters`): ``requests`` (all
@@ -199,19 +200,6 @@ class RankerServicer(pb_grpc.RankerServicer):
             self._ready = True
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
-    def _refresh_users(self) -> None:
-        """Keep ``_users`` a snapshot of the user table taken with the live version current, so
-        by-id requests read rows without reading the store's meta (see ``_users_by_id``)."""
-        if not hasattr(self._store, "users_view"):
-            return
-        old = self._users
-        if old is not None and old.fresh():
-            return
-        new = self._store.users_view()
-        self._users = new
-        if old is not None:
-            old.close()
-
     def _drop_gone_pins(self) -> None:
         """Forget pinned-version states whose version was pruned, so pins to it get NOT_FOUND."""
         with self._pinned_lock:
@@ -261,92 +249,6 @@ class RankerServicer(pb_grpc.RankerServicer):
         """True when the request follows the live version (it names none); a named version is
         pinned and stays on it even if a newer one is published meanwhile."""
         return not requested
-
-    def _fresh_users(self, st: ServingState, live: bool) -> UsersView | None:
-        """The poller's user-table snapshot if it may serve this request (live version, taken
-        with ``st`` current, no commit since), else None."""
-        users = self._users
-        if live and users is not None and users.version == st.version and users.fresh():
-            return users
-        return None
-
-    def _users_by_id(self, st: ServingState, live: bool, user_ids: Sequence[str]) -> tuple[ServingState, np.ndarray]:
-        """(state, float32 [B, F]) for rows of the store's user table.
-
-        The rows, the table's schema and the store's current version are read in one
-        transaction. When the request is for the live version and that read shows a newer
-        publish than ``st``, the server swaps to it first (instead of waiting up to one poll),
-        so a user row is never scored with weights from a different publish. The schema is
-        checked against the version actually used, on every request. A pinned version is scored
-        with the user table as it is now.
-
-        Fast path: the poller keeps a snapshot of the user table taken in a transaction where
-        ``st.version`` was current. While nothing was committed since (LMDB's last transaction
-        id unchanged, checked per request without a transaction) its rows are the current ones
-        and belong with these weights; after any commit the request takes the full read below
-        until the poller renews the snapshot."""
-        users = self._fresh_users(st, live)
-        if users is not None:
-            try:
-                X = users.rows(user_ids)
-            except UserNotFound as e:
-                raise unknown_user(e.user_id, users.n_users) from None
-            if X is not None:
-                return self._checked(st, users.features), X
-        return self._read_users(st, live, user_ids)
-
-    def _user_row(self, st: ServingState, live: bool, user_id: str) -> tuple[ServingState, np.ndarray]:
-        """(state, float32 [F]) for one user: :meth:`_users_by_id` for a single id, whose fast
-        path takes the row from the snapshot's row cache (``UsersView.row``)."""
-        users = self._fresh_users(st, live)
-        if users is not None:
-            try:
-                x = users.row(user_id)
-            except UserNotFound as e:
-                raise unknown_user(e.user_id, users.n_users) from None
-            if x is not None:
-                return self._checked(st, users.features), x
-        st, X = self._read_users(st, live, (user_id,))
-        return st, X[0]
-
-    @staticmethod
-    def _checked(st: ServingState, user_features: Sequence[tuple[str, str]] | None) -> ServingState:
-        """``st``, after checking that a user table with this schema can be scored by it."""
-        problem = st.users_problem(user_features)
-        if problem is not None:
-            raise RequestError(_SC.FAILED_PRECONDITION, problem)
-        return st
-
-    def _read_users(self, st: ServingState, live: bool, user_ids: Sequence[str]) -> tuple[ServingState, np.ndarray]:
-        """The full read of :meth:`_users_by_id`: rows and current version in one transaction."""
-        for _ in range(_SYNC_ATTEMPTS):
-            try:
-                snap = self._store.users_snapshot(user_ids)
-            except UserNotFound as e:
-                raise unknown_user(e.user_id, self._store.n_users()) from None
-            if live and snap.version is not None and snap.version != st.version:
-                st = self._sync_to(snap.version, st)
-                continue
-            return self._checked(st, snap.features), snap.X
-        raise RequestError(_SC.UNAVAILABLE, f"the weight version changed {_SYNC_ATTEMPTS} times while this "
-                                            "request read its users; retry")
-
-    def _sync_to(self, version: str, st: ServingState) -> ServingState:
-        """Load the just-published ``version`` now (a by-id request saw it before the poller).
-        A version that failed to load is not retried by requests for one poll interval."""
-        failed = self._failed_load
-        if failed is not None and failed[0] == version and time.monotonic() - failed[1] < self._config.poll_interval_s:
-            raise RequestError(_SC.UNAVAILABLE, f"version {version} was just published but could not be loaded; retry")
-        try:
-            with self._sync_lock:
-                if self._state is None or self._state.version != version:
-                    self._poll_once()
-        except Exception as e:  # serve nothing rather than a user row with other weights
-            self._failed_load = (version, time.monotonic())
-            log.exception("loading %s for a by-id request failed; still serving %s", version, st.version)
-            raise RequestError(_SC.UNAVAILABLE, f"version {version} was just published but could not be "
-                                                f"loaded ({type(e).__name__}); retry") from None
-        return self._state_for("")
 
     def _user_vector(self, st: ServingState, live: bool, request: Any, check_finite: bool = True,
                      wire: bytes | None = None) -> tuple[ServingState, np.ndarray]:
