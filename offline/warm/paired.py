@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 BLOCK = 250  # resamples per vectorised block: [BLOCK, n_pairs] float64 weights at a time
+MIN_CLUSTERS = 10  # fewer users than this: no interval (a resample of 1-2 users says nothing)
 
 
 def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -46,13 +47,15 @@ def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) ->
 
 
 def paired_auc_diff(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, cluster: np.ndarray,
-                    resamples: int = 1000, seed: int | list[int] = 0, level: float = 0.95) -> dict:
+                    resamples: int = 1000, seed: int | list[int] = 0, level: float = 0.95,
+                    min_clusters: int = MIN_CLUSTERS) -> dict:
     """AUC(a) - AUC(b) on the same pairs, with a percentile interval from a cluster bootstrap.
 
     labels: 0/1 [n]; scores_a, scores_b: the two policies' scores (logits) of the same n pairs;
     cluster: [n] the unit resampled (the pair's user); resamples: bootstrap draws; seed: its
-    NumPy seed (the same seed, the same interval); level: two-sided coverage.
-    Returns {"diff", "lo", "hi" (NaN when the pairs hold one class), "n_pairs", "n_pos",
+    NumPy seed (the same seed, the same interval); level: two-sided coverage; min_clusters:
+    with fewer distinct clusters "lo" and "hi" are NaN (the data cannot be judged).
+    Returns {"diff", "lo", "hi" (all NaN when the pairs hold one class), "n_pairs", "n_pos",
     "n_clusters", "resamples"}.
     """
     y = np.asarray(labels).ravel().astype(np.uint8)
@@ -72,6 +75,8 @@ def paired_auc_diff(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarr
     out["n_clusters"] = U
     ones = np.ones(y.size)
     out["diff"] = float(weighted_auc(y, a, ones) - weighted_auc(y, b, ones))
+    if U < min_clusters:
+        return out
     rng = np.random.default_rng(seed)
     diffs = []
     for start in range(0, resamples, BLOCK):

@@ -41,7 +41,7 @@ from offline.warm.logs import Logs, counts_between, delay_cdf, delay_quantiles, 
 
 DAY = 86400.0
 FROZEN_GAP = 0.01  # "never worse than frozen by more than this AUC" (issue 11)
-PROTOCOL = 11  # bump when the protocol's numbers change, so finished seeds are not resumed across it
+PROTOCOL = 12  # bump when the protocol's numbers change, so finished seeds are not resumed across it
 
 
 @dataclass
@@ -342,6 +342,7 @@ def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
             st = np.array([[_num(v) for v in r] for r in d["paired_steps_vs_frozen"]], dtype=np.float64)
             res[name]["steps_below_frozen_by_gap"] = int(np.sum(st[:, 0] < -FROZEN_GAP))
             res[name]["steps_surely_below_frozen_by_gap"] = int(np.sum(st[:, 2] < -FROZEN_GAP))
+            res[name]["steps_judged_vs_frozen"] = int(np.sum(np.isfinite(st[:, 2])))
     return res
 
 

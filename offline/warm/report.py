@@ -71,6 +71,7 @@ def _ci(r: dict) -> str:
 def _paired_section(result: dict) -> list[str]:
     """Per seed, the paired first-days AUC differences with their 95% intervals, and the steps
     on which the prior-updated policy is below frozen by more than 0.01 (point, and surely)."""
+    from offline.warm.paired import MIN_CLUSTERS
     from offline.warm.replay import paired_first
 
     per_seed = result.get("per_seed_paired") or []
@@ -93,11 +94,13 @@ def _paired_section(result: dict) -> list[str]:
     sums = result.get("per_seed_summary") or []
     pts = [s.get("prior", {}).get("steps_below_frozen_by_gap") for s in sums]
     sure = [s.get("prior", {}).get("steps_surely_below_frozen_by_gap") for s in sums]
+    judged = [s.get("prior", {}).get("steps_judged_vs_frozen") for s in sums]
     n_steps = len(result["steps"].get("t", []))
     if any(v is not None for v in pts):
         lines += ["", f"Per step (of {n_steps}), prior-updated below frozen by more than 0.01 AUC: "
-                  f"{pts} by the point estimate, {sure} with the whole 95% interval below -0.01 (per seed). "
-                  "With a true gap of exactly 0.01, about 2.5% of scored steps would show the second by chance.",
+                  f"{pts} by the point estimate; {sure} of the {judged} steps with at least {MIN_CLUSTERS} "
+                  "scored users have the whole 95% interval below -0.01 (per seed). With a true gap of "
+                  "exactly 0.01, about 2.5% of judged steps would show that by chance.",
                   ""]
     return lines
 

@@ -55,9 +55,18 @@ def test_a_better_scorer_is_resolved_on_enough_data_and_not_on_little() -> None:
     users = np.arange(n) // 10
     big = paired_auc_diff(y, good, weak, users, resamples=300, seed=1)
     assert big["diff"] > 0 and big["lo"] > 0  # resolved
-    small = paired_auc_diff(y[:60], good[:60], weak[:60], users[:60], resamples=300, seed=1)
+    small = paired_auc_diff(y[:60], good[:60], weak[:60], np.arange(60) // 2, resamples=300, seed=1)
     assert small["lo"] < 0 < small["hi"] or small["n_pos"] == 0  # 60 pairs cannot tell
     assert big["hi"] - big["lo"] < small["hi"] - small["lo"]
+
+
+def test_too_few_users_give_no_interval() -> None:
+    y, s = _pairs(300, 11)
+    t = s + 0.3
+    r = paired_auc_diff(y, s, -t, np.arange(y.size) % 3, resamples=100, seed=0)  # 3 users
+    assert r["n_clusters"] == 3 and r["diff"] > 0 and np.isnan(r["lo"]) and np.isnan(r["hi"])
+    r = paired_auc_diff(y, s, -t, np.arange(y.size) % 3, resamples=100, seed=0, min_clusters=3)
+    assert r["lo"] > 0
 
 
 def test_seeded_and_clustered() -> None:
