@@ -41,7 +41,7 @@ from offline.warm.logs import Logs, counts_between, delay_cdf, delay_quantiles, 
 
 DAY = 86400.0
 FROZEN_GAP = 0.01  # "never worse than frozen by more than this AUC" (issue 11)
-PROTOCOL = 12  # bump when the protocol's numbers change, so finished seeds are not resumed across it
+PROTOCOL = 13  # bump when the protocol's numbers change, so finished seeds are not resumed across it
 
 
 @dataclass
@@ -284,15 +284,17 @@ def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, interc
         yl = np.concatenate([pooled[name][i][0] for i in first] or [np.zeros(0, np.uint8)])
         sl = np.concatenate([pooled[name][i][1] for i in first] or [np.zeros(0)])
         out[name]["auc_first_pooled"] = M.auc(yl, sl) if 0 < yl.sum() < yl.size else float("nan")
-    _paired(out, pooled, first, seed, cfg.resamples)
+    _paired(out, pooled, first, seed, cfg.resamples, cfg.rolling)
     return out
 
 
-def _paired(out: dict, pooled: dict[str, list], first: list[int], seed: int, resamples: int) -> None:
+def _paired(out: dict, pooled: dict[str, list], first: list[int], seed: int, resamples: int, rolling: int) -> None:
     """Add each warm-up policy's paired differences (offline.warm.paired) to ``out``, in place:
     ``paired_first`` {other: AUC(policy) - AUC(other) over the pooled first days, with its 95%
-    interval} against frozen and the other warm-up policies, and ``paired_steps_vs_frozen``
-    [[diff, lo, hi] per step] against frozen. Policies score the same pairs in the same order."""
+    interval} against frozen and the other warm-up policies; ``paired_steps_vs_frozen`` and
+    ``paired_rolling_vs_frozen``: [[diff, lo, hi] per step] against frozen, on the step's pairs
+    and on the last ``rolling`` steps' pairs pooled (a user is one cluster across them).
+    Policies score the same pairs in the same order."""
     from offline.warm.paired import paired_auc_diff
 
     def window(name: str, idx: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -308,11 +310,16 @@ def _paired(out: dict, pooled: dict[str, list], first: list[int], seed: int, res
         out[name]["paired_first"] = {
             other: paired_auc_diff(y, s, ref[other][1], u, resamples, seed=[seed, n_i, o_i])
             for o_i, other in enumerate(["frozen", *warm]) if other != name}
-        steps = []
+        steps, roll = [], []
         for i, (lab, lg, pu) in enumerate(pooled[name]):
             r = paired_auc_diff(lab, lg, pooled["frozen"][i][1], pu, resamples, seed=[seed, n_i, 1000 + i])
             steps.append([r["diff"], r["lo"], r["hi"]])
+            last = list(range(max(0, i - rolling + 1), i + 1))
+            (yw, sw, uw), fw = window(name, last), window("frozen", last)[1]
+            r = paired_auc_diff(yw, sw, fw, uw, resamples, seed=[seed, n_i, 100_000 + i])
+            roll.append([r["diff"], r["lo"], r["hi"]])
         out[name]["paired_steps_vs_frozen"] = steps
+        out[name]["paired_rolling_vs_frozen"] = roll
 
 
 def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
@@ -338,11 +345,12 @@ def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
             "worst_vs_frozen": float(np.nanmax(diff)) if np.isfinite(diff).any() else float("nan"),
             "worst_vs_frozen_rolling": float(np.nanmax(rdiff)) if np.isfinite(rdiff).any() else float("nan"),
         }
-        if "paired_steps_vs_frozen" in d:
-            st = np.array([[_num(v) for v in r] for r in d["paired_steps_vs_frozen"]], dtype=np.float64)
-            res[name]["steps_below_frozen_by_gap"] = int(np.sum(st[:, 0] < -FROZEN_GAP))
-            res[name]["steps_surely_below_frozen_by_gap"] = int(np.sum(st[:, 2] < -FROZEN_GAP))
-            res[name]["steps_judged_vs_frozen"] = int(np.sum(np.isfinite(st[:, 2])))
+        for key, tag in (("paired_steps_vs_frozen", "steps"), ("paired_rolling_vs_frozen", "rolling")):
+            if key in d:
+                st = np.array([[_num(v) for v in r] for r in d[key]], dtype=np.float64).reshape(-1, 3)
+                res[name][f"{tag}_below_frozen_by_gap"] = int(np.sum(st[:, 0] < -FROZEN_GAP))
+                res[name][f"{tag}_surely_below_frozen_by_gap"] = int(np.sum(st[:, 2] < -FROZEN_GAP))
+                res[name][f"{tag}_judged_vs_frozen"] = int(np.sum(np.isfinite(st[:, 2])))
     return res
 
 
@@ -517,8 +525,9 @@ def aggregate(cfg: ReplayConfig, ds: Any, prep: Any, scale_info: dict, per_seed:
         if vs_switch:
             checks["prior_vs_switch_first_days_paired"] = verdict(vs_switch)
             checks["prior_vs_frozen_first_days_paired"] = verdict(paired_first(per_seed, "prior", "frozen"))
-            checks["prior_steps_surely_below_frozen_by_0.01"] = [
-                ss["prior"].get("steps_surely_below_frozen_by_gap") for ss in sums]
+            for tag in ("steps", "rolling"):
+                checks[f"prior_{tag}_surely_below_frozen_by_0.01"] = [
+                    ss["prior"].get(f"{tag}_surely_below_frozen_by_gap") for ss in sums]
     return {"config": asdict(cfg), "dataset": {"name": ds.name, "n_users": ds.n_users,
                                                "n_active": int(len(prep.split.cold)),
                                                "n_retired": int(len(prep.split.warm)), "cutoff": cutoff,

@@ -92,16 +92,18 @@ def _paired_section(result: dict) -> list[str]:
         cells = [_ci(rows[p][i]) if len(rows[p]) > i else "n/a" for p in pairs]
         lines.append(f"| {i} | {ref['n_pos']} / {ref['n_pairs']} / {ref['n_clusters']} | " + " | ".join(cells) + " |")
     sums = result.get("per_seed_summary") or []
-    pts = [s.get("prior", {}).get("steps_below_frozen_by_gap") for s in sums]
-    sure = [s.get("prior", {}).get("steps_surely_below_frozen_by_gap") for s in sums]
-    judged = [s.get("prior", {}).get("steps_judged_vs_frozen") for s in sums]
     n_steps = len(result["steps"].get("t", []))
-    if any(v is not None for v in pts):
-        lines += ["", f"Per step (of {n_steps}), prior-updated below frozen by more than 0.01 AUC: "
-                  f"{pts} by the point estimate; {sure} of the {judged} steps with at least {MIN_CLUSTERS} "
-                  "scored users have the whole 95% interval below -0.01 (per seed). With a true gap of "
-                  "exactly 0.01, about 2.5% of judged steps would show that by chance.",
-                  ""]
+    for tag, what in (("steps", "on the step's own pairs"),
+                      ("rolling", f"on the last {cfg['rolling']} steps' pairs pooled (the rolling AUC)")):
+        got = {k: [s.get("prior", {}).get(f"{tag}_{k}") for s in sums]
+               for k in ("below_frozen_by_gap", "surely_below_frozen_by_gap", "judged_vs_frozen")}
+        if any(v is not None for v in got["below_frozen_by_gap"]):
+            lines += ["", f"Steps (of {n_steps}) where prior-updated is below frozen by more than 0.01 AUC, {what}: "
+                      f"{got['below_frozen_by_gap']} by the point estimate; {got['surely_below_frozen_by_gap']} of the "
+                      f"{got['judged_vs_frozen']} steps with at least {MIN_CLUSTERS} scored users have the whole "
+                      "95% interval below -0.01 (per seed). With a true gap of exactly 0.01, about 2.5% of "
+                      "judged steps would show that by chance."]
+    lines.append("")
     return lines
 
 

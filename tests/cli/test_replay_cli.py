@@ -74,8 +74,11 @@ def test_replay_reports_every_policy_per_step_and_a_cold_start_period(prep, tmp_
         assert r["diff"] == pytest.approx(pooled, abs=1e-9) and r["lo"] <= r["hi"] and r["n_clusters"] > 0
     assert "## Can the data tell?" in md and "prior - switch@5" in md
     assert result["checks"]["prior_vs_switch_first_days_paired"] in ("better", "worse", "not resolved")
-    steps_sure = result["checks"]["prior_steps_surely_below_frozen_by_0.01"][0]
-    assert 0 <= steps_sure <= result["per_seed_summary"][0]["prior"]["steps_below_frozen_by_gap"] <= 8
+    for tag in ("steps", "rolling"):
+        sure = result["checks"][f"prior_{tag}_surely_below_frozen_by_0.01"][0]
+        mine = result["per_seed_summary"][0]["prior"]
+        assert 0 <= sure <= mine[f"{tag}_judged_vs_frozen"] <= 8 and 0 <= mine[f"{tag}_below_frozen_by_gap"] <= 8
+        assert mine[f"{tag}_judged_vs_frozen"] > 0  # this world scores >= 10 users per step
 
     # resume: a second run reads the finished seed and gives the same numbers
     ops = StoreReplayOps(tmp_path / "stores2")
