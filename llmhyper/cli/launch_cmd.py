@@ -32,6 +32,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users-per-step", type=int, default=100, help="requests per step (default 100)")
     p.add_argument("--top-k", type=int, default=5, help="ads shown per request (default 5)")
     p.add_argument("--world-seed", type=int, default=0, help="the synthetic world (default 0, as `make run`)")
+    p.add_argument("--n-ads", type=int, default=200, help="ads in that world, retired and cold (default 200)")
+    p.add_argument("--n-users", type=int, default=2000,
+                   help="users in that world (default 2000); fewer users are fewer distinct contexts")
     p.add_argument("--prior-scale", type=float, default=None,
                    help="prior std multiplier of the user weights (default: chosen on retired ads)")
     p.add_argument("--intercept-scale", type=float, default=None, help="that of the intercept (default: --prior-scale)")
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from offline.warm.launch_report import write_launch_reports
 
     cfg = LaunchConfig(seeds=args.seeds, steps=args.steps, users_per_step=args.users_per_step, top_k=args.top_k,
-                       world_seed=args.world_seed, prior_scale=args.prior_scale,
+                       world_seed=args.world_seed, n_ads=args.n_ads, n_users=args.n_users,
+                       prior_scale=args.prior_scale,
                        intercept_scale=args.intercept_scale, laplace=args.laplace, sample_scale=args.sample_scale,
                        spread=args.spread, work_dir=args.work_dir, quiet=args.quiet)
     try:

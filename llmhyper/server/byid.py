@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -85,29 +85,30 @@ class UserReads:
         id unchanged, checked per request without a transaction) its rows are the current ones
         and belong with these weights; after any commit the request takes the full read below
         until the poller renews the snapshot."""
-        users = self._fresh_users(st, live)
-        if users is not None:
-            try:
-                X = users.rows(user_ids)
-            except UserNotFound as e:
-                raise unknown_user(e.user_id, users.n_users) from None
-            if X is not None:
-                return self._checked(st, users.features), X
-        return self._read_users(st, live, user_ids)
+        hit = self._from_snapshot(st, live, lambda users: users.rows(user_ids))
+        return hit if hit is not None else self._read_users(st, live, user_ids)
 
     def _user_row(self, st: ServingState, live: bool, user_id: str) -> tuple[ServingState, np.ndarray]:
         """(state, float32 [F]) for one user: :meth:`_users_by_id` for a single id, whose fast
         path takes the row from the snapshot's row cache (``UsersView.row``)."""
-        users = self._fresh_users(st, live)
-        if users is not None:
-            try:
-                x = users.row(user_id)
-            except UserNotFound as e:
-                raise unknown_user(e.user_id, users.n_users) from None
-            if x is not None:
-                return self._checked(st, users.features), x
+        hit = self._from_snapshot(st, live, lambda users: users.row(user_id))
+        if hit is not None:
+            return hit
         st, X = self._read_users(st, live, (user_id,))
         return st, X[0]
+
+    def _from_snapshot(self, st: ServingState, live: bool, read: Callable[[UsersView], np.ndarray | None]
+                       ) -> tuple[ServingState, np.ndarray] | None:
+        """The fast path of the by-id reads: (state, ``read(snapshot)``), or None when the
+        snapshot may not serve this request or ``read`` misses it (returns None)."""
+        users = self._fresh_users(st, live)
+        if users is None:
+            return None
+        try:
+            got = read(users)
+        except UserNotFound as e:
+            raise unknown_user(e.user_id, users.n_users) from None
+        return None if got is None else (self._checked(st, users.features), got)
 
     @staticmethod
     def _checked(st: ServingState, user_features: Sequence[tuple[str, str]] | None) -> ServingState:
