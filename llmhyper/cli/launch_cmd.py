@@ -32,7 +32,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users-per-step", type=int, default=100, help="requests per step (default 100)")
     p.add_argument("--top-k", type=int, default=5, help="ads shown per request (default 5)")
     p.add_argument("--world-seed", type=int, default=0, help="the synthetic world (default 0, as `make run`)")
-    p.add_argument("--n-ads", type=int, default=200, help="ads in that world, retired and cold (default 200)")
+    p.add_argument("--n-ads", type=int, default=200, help="ads in that world, retired and cold (default 200, at least 40)")
     p.add_argument("--n-users", type=int, default=2000,
                    help="users in that world (default 2000); fewer users are fewer distinct contexts")
     p.add_argument("--prior-scale", type=float, default=None,
@@ -64,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.validate()
     except ValueError as e:
         raise CLIError(f"--{e}") from None
-    result = run_launch(cfg)
+    from offline.pipeline import BuildError
+
+    try:
+        result = run_launch(cfg)
+    except BuildError as e:  # e.g. a world too small to split into retired and cold ads
+        raise CLIError(f"cannot build this world: {e}") from None
     files = write_launch_reports(result, args.out)
     if args.json:
         print_json({"summary": result["summary"], "checks": result["checks"], "files": files})

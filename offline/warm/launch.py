@@ -43,6 +43,7 @@ from offline.warm.policies import Prior, prior_from_records, refresh_weights
 POLICIES = ("greedy", "thompson")
 SPREADS = ("generator", "calibrated")
 PROTOCOL = 1
+MIN_ADS = 40  # smaller worlds leave too few retired ads (30: the intercept model has 7 to fit on)
 
 
 @dataclass
@@ -82,8 +83,11 @@ class LaunchConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
-        if self.n_ads < 2 or self.n_users < 1:
-            raise ValueError(f"n-ads must be >= 2 and n-users >= 1, got {self.n_ads}, {self.n_users}")
+        if not isinstance(self.n_ads, int) or self.n_ads < MIN_ADS:
+            raise ValueError(f"n-ads must be an integer >= {MIN_ADS} (retired ads enough for the generator's "
+                             f"selection and the retired launches), got {self.n_ads!r}")
+        if not isinstance(self.n_users, int) or self.n_users < 1:
+            raise ValueError(f"n-users must be an integer >= 1, got {self.n_users!r}")
         for name in ("prior_scale", "intercept_scale"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):

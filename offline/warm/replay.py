@@ -41,7 +41,7 @@ from offline.warm.logs import Logs, counts_between, delay_cdf, delay_quantiles, 
 
 DAY = 86400.0
 FROZEN_GAP = 0.01  # "never worse than frozen by more than this AUC" (issue 11)
-PROTOCOL = 13  # bump when the protocol's numbers change, so finished seeds are not resumed across it
+PROTOCOL = 14  # bump when the protocol's numbers change, so finished seeds are not resumed across it
 
 
 @dataclass
@@ -284,17 +284,19 @@ def run_seed(cfg: ReplayConfig, prep: Any, seed: int, prior_scale: float, interc
         yl = np.concatenate([pooled[name][i][0] for i in first] or [np.zeros(0, np.uint8)])
         sl = np.concatenate([pooled[name][i][1] for i in first] or [np.zeros(0)])
         out[name]["auc_first_pooled"] = M.auc(yl, sl) if 0 < yl.sum() < yl.size else float("nan")
-    _paired(out, pooled, first, seed, cfg.resamples, cfg.rolling)
+    _paired(out, pooled, first, seed, cfg.resamples, cfg.rolling, max(1, cfg.min_pos))
     return out
 
 
-def _paired(out: dict, pooled: dict[str, list], first: list[int], seed: int, resamples: int, rolling: int) -> None:
+def _paired(out: dict, pooled: dict[str, list], first: list[int], seed: int, resamples: int, rolling: int,
+            min_pos: int) -> None:
     """Add each warm-up policy's paired differences (offline.warm.paired) to ``out``, in place:
     ``paired_first`` {other: AUC(policy) - AUC(other) over the pooled first days, with its 95%
     interval} against frozen and the other warm-up policies; ``paired_steps_vs_frozen`` and
     ``paired_rolling_vs_frozen``: [[diff, lo, hi] per step] against frozen, on the step's pairs
-    and on the last ``rolling`` steps' pairs pooled (a user is one cluster across them).
-    Policies score the same pairs in the same order."""
+    and on the last ``rolling`` steps' pairs pooled (a user is one cluster across them; NaN
+    where the window has fewer than ``min_pos`` clicks, as the rolling AUC). Policies score the
+    same pairs in the same order."""
     from offline.warm.paired import paired_auc_diff
 
     def window(name: str, idx: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -316,6 +318,9 @@ def _paired(out: dict, pooled: dict[str, list], first: list[int], seed: int, res
             steps.append([r["diff"], r["lo"], r["hi"]])
             last = list(range(max(0, i - rolling + 1), i + 1))
             (yw, sw, uw), fw = window(name, last), window("frozen", last)[1]
+            if yw.sum() < min_pos:
+                roll.append([float("nan")] * 3)
+                continue
             r = paired_auc_diff(yw, sw, fw, uw, resamples, seed=[seed, n_i, 100_000 + i])
             roll.append([r["diff"], r["lo"], r["hi"]])
         out[name]["paired_steps_vs_frozen"] = steps
@@ -324,7 +329,10 @@ def _paired(out: dict, pooled: dict[str, list], first: list[int], seed: int, res
 
 def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
     """Per policy: cold-start period (steps), mean AUC / NDCG@10 / log-loss over all steps and over
-    the first ``first_days``, pooled-free worst step gap to frozen (prior policies)."""
+    the first ``first_days``, pooled-free worst step gap to frozen (prior policies), and for the
+    warm-up policies the paired counts ``{steps,rolling}_below_frozen_by_gap`` (point estimate
+    below -FROZEN_GAP), ``..._surely_below_frozen_by_gap`` (whole interval below) and
+    ``..._judged_vs_frozen`` (steps with an interval)."""
     ceil = seed_out["ceiling"]["rolling_auc"]
     first = [i for i, m in enumerate(seed_out["ceiling"]["steps"]) if m["t"] < cutoff + cfg.first_days * DAY]
     res = {}
@@ -356,7 +364,7 @@ def summarise_seed(cfg: ReplayConfig, seed_out: dict, cutoff: float) -> dict:
 
 def paired_first(per_seed: list[dict], name: str, other: str) -> list[dict]:
     """Per seed, AUC(name) - AUC(other) over the pooled first days with its 95% interval
-    ({"diff", "lo", "hi", "n_pos", "n_pairs", "n_clusters"}, NaN read back as NaN)."""
+    (offline.warm.paired.paired_auc_diff's dict; NaN, stored as null, read back as NaN)."""
     out = []
     for s in per_seed:
         r = s.get(name, {}).get("paired_first", {}).get(other)

@@ -66,14 +66,23 @@ def test_replay_reports_every_policy_per_step_and_a_cold_start_period(prep, tmp_
     assert json.loads((tmp_path / "out" / "replay.json").read_text())["summary"].keys() == names
     assert (tmp_path / "out" / "replay.png").stat().st_size > 1000 and len(files) == 3
     # the paired first-days differences agree with the pooled AUCs of the same pairs
-    from offline.warm.replay import paired_first
+    from offline.warm.replay import paired_first, verdict
 
     for a, b in (("prior", "frozen"), ("prior", "switch@5"), ("switch@5", "frozen")):
         (r,) = paired_first(result["per_seed_paired"], a, b)
         pooled = result["summary"][a]["auc_first_pooled"]["mean"] - result["summary"][b]["auc_first_pooled"]["mean"]
         assert r["diff"] == pytest.approx(pooled, abs=1e-9) and r["lo"] <= r["hi"] and r["n_clusters"] > 0
     assert "## Can the data tell?" in md and "prior - switch@5" in md
-    assert result["checks"]["prior_vs_switch_first_days_paired"] in ("better", "worse", "not resolved")
+    assert result["checks"]["prior_vs_switch_first_days_paired"] == verdict(
+        paired_first(result["per_seed_paired"], "prior", "switch@5"))
+    # the paired rolling windows are the rolling AUC's windows: same difference where it is scored
+    (seed_file,) = (tmp_path / "work" / "replay").glob("*/seed0.json")
+    raw = json.loads(seed_file.read_text())
+    roll = [np.nan if d is None else d for d, _, _ in raw["prior"]["paired_rolling_vs_frozen"]]
+    want = [np.nan if (a is None or b is None) else a - b
+            for a, b in zip(raw["prior"]["rolling_auc"], raw["frozen"]["rolling_auc"])]
+    assert len(roll) == 8 and sum(np.isfinite(want)) >= 3
+    np.testing.assert_allclose(roll, want, atol=1e-9)  # NaN in the same places
     for tag in ("steps", "rolling"):
         sure = result["checks"][f"prior_{tag}_surely_below_frozen_by_0.01"][0]
         mine = result["per_seed_summary"][0]["prior"]
@@ -89,6 +98,17 @@ def test_replay_reports_every_policy_per_step_and_a_cold_start_period(prep, tmp_
     write_replay_reports(again, tmp_path / "out2")
     first, second = (json.loads((tmp_path / d / "replay.json").read_text()) for d in ("out", "out2"))
     assert first["steps"] == second["steps"] and first["summary"] == second["summary"]
+
+
+def test_verdict_needs_every_seed_on_one_side():
+    from offline.warm.replay import verdict
+
+    nan = float("nan")
+    assert verdict([{"lo": 0.01, "hi": 0.05}, {"lo": 0.002, "hi": 0.03}]) == "better"
+    assert verdict([{"lo": -0.05, "hi": -0.01}, {"lo": -0.2, "hi": -0.001}]) == "worse"
+    assert verdict([{"lo": 0.01, "hi": 0.05}, {"lo": -0.01, "hi": 0.03}]) == "not resolved"
+    assert verdict([{"lo": 0.01, "hi": 0.05}, {"lo": nan, "hi": nan}]) == "not resolved"
+    assert verdict([]) == "not resolved"
 
 
 @pytest.mark.parametrize("args, match", [

@@ -95,8 +95,8 @@ def test_thompson_with_zero_spread_is_greedy_exactly(world):
     (["--seeds", "0"], "--seeds must be an integer >= 1"),
     (["--sample-scale", "-1"], "--sample-scale must be a finite number >= 0"),
     (["--prior-scale", "nan"], "--prior-scale must be a finite number > 0"),
-    (["--n-ads", "1"], "--n-ads must be >= 2"),
-    (["--n-users", "0"], "n-users >= 1, got 200, 0"),
+    (["--n-ads", "30"], "--n-ads must be an integer >= 40"),
+    (["--n-users", "0"], "--n-users must be an integer >= 1, got 0"),
     (["--steps", "two"], "invalid int value"),
     (["--sample-scale", "wide"], "must be a number >= 0 or 'auto'"),
 ])

@@ -55,18 +55,27 @@ def test_a_better_scorer_is_resolved_on_enough_data_and_not_on_little() -> None:
     users = np.arange(n) // 10
     big = paired_auc_diff(y, good, weak, users, resamples=300, seed=1)
     assert big["diff"] > 0 and big["lo"] > 0  # resolved
-    small = paired_auc_diff(y[:60], good[:60], weak[:60], np.arange(60) // 2, resamples=300, seed=1)
-    assert small["lo"] < 0 < small["hi"] or small["n_pos"] == 0  # 60 pairs cannot tell
+    small = paired_auc_diff(y[:60], good[:60], weak[:60], np.arange(60) // 2, resamples=300, seed=1, min_clusters=2)
+    assert small["lo"] < 0 < small["hi"]  # 60 pairs cannot tell
     assert big["hi"] - big["lo"] < small["hi"] - small["lo"]
 
 
-def test_too_few_users_give_no_interval() -> None:
+def test_too_few_users_with_a_click_give_no_interval() -> None:
     y, s = _pairs(300, 11)
     t = s + 0.3
     r = paired_auc_diff(y, s, -t, np.arange(y.size) % 3, resamples=100, seed=0)  # 3 users
     assert r["n_clusters"] == 3 and r["diff"] > 0 and np.isnan(r["lo"]) and np.isnan(r["hi"])
     r = paired_auc_diff(y, s, -t, np.arange(y.size) % 3, resamples=100, seed=0, min_clusters=3)
-    assert r["lo"] > 0
+    assert r["lo"] > 0 and r["kept"] == 100
+    # 40 users, but every click comes from 2 of them: not enough to judge
+    users = np.arange(y.size) % 40
+    y2 = (np.isin(users, [0, 1]) & (np.arange(y.size) // 40 % 2 == 0)).astype(np.uint8)
+    r = paired_auc_diff(y2, s, t, users, resamples=100, seed=0)
+    assert r["n_clusters"] == 40 and r["n_pos_clusters"] == 2 and np.isnan(r["lo"])
+    # 12 users with clicks among 40: judged
+    y3 = (np.isin(users, range(12)) & (np.arange(y.size) // 40 % 3 == 0)).astype(np.uint8)
+    r = paired_auc_diff(y3, s, t, users, resamples=200, seed=0)
+    assert r["n_pos_clusters"] >= 10 and r["kept"] == 200 and np.isfinite(r["lo"])
 
 
 def test_seeded_and_clustered() -> None:
@@ -74,11 +83,11 @@ def test_seeded_and_clustered() -> None:
     t = s + np.random.default_rng(6).normal(scale=0.5, size=s.size)
     per_pair = paired_auc_diff(y, s, t, np.arange(y.size), resamples=300, seed=7)
     assert per_pair == paired_auc_diff(y, s, t, np.arange(y.size), resamples=300, seed=7)
-    # one cluster of 40 pairs per 'user' whose labels move together: the interval must widen
-    yc = np.repeat((np.random.default_rng(8).random(20) < 0.3).astype(np.uint8), 40)
+    # one cluster of 20 pairs per 'user' whose labels move together: the interval must widen
+    yc = np.repeat((np.random.default_rng(8).random(60) < 0.3).astype(np.uint8), 20)
     sc = np.random.default_rng(9).normal(size=yc.size) + yc
     tc = sc + np.random.default_rng(10).normal(size=yc.size)
-    users = np.repeat(np.arange(20), 40)
+    users = np.repeat(np.arange(60), 20)
     wide = paired_auc_diff(yc, sc, tc, users, resamples=300, seed=0)
     narrow = paired_auc_diff(yc, sc, tc, np.arange(yc.size), resamples=300, seed=0)
     assert wide["hi"] - wide["lo"] > narrow["hi"] - narrow["lo"]
