@@ -93,6 +93,7 @@ def _kill_publisher_loop(tmp_path: Path, iterations: int, seed: int) -> None:
     reader = WeightStore(path, readonly=True)  # stays open, like a server, across all kills
     mid_publish = 0
     last_done = 1
+    hidden = False  # the last kill may have committed a publish that this reader cannot see yet
     try:
         for _ in range(iterations):
             p = _spawn(PUBLISHER, path)
@@ -108,9 +109,15 @@ def _kill_publisher_loop(tmp_path: Path, iterations: int, seed: int) -> None:
             if dones:
                 last_done = max(dones)
             cur = assert_complete(reader)
-            # every publish reported done is durable; at most the killed one may have committed
-            assert last_done <= int(cur[1:]) <= last_done + 1, (cur, last_done)
-            last_done = int(cur[1:])
+            # every publish reported done is durable; at most the killed one may have committed.
+            # LMDB: a writer killed after writing its meta page but before updating the lock
+            # file's last txnid has committed, yet a reader that keeps the lock file open sees
+            # it only once the next writer takes the lock (the dead owner's recovery); the next
+            # publisher's open does that, so a hidden publish shows up one kill later.
+            seen = int(cur[1:])
+            assert last_done <= seen <= last_done + 1 + hidden, (cur, last_done, hidden)
+            hidden = len(lines) >= 2 and lines[-2] == "begin" and seen < int(lines[-1])
+            last_done = seen
     finally:
         reader.close()
     assert mid_publish >= iterations // 4, f"only {mid_publish} kills landed inside publish()"
