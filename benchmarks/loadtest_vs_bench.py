@@ -53,22 +53,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.test_rpc_bench import F, M, N_USERS, TOP_K, _features, _interleaved, _paced, _weights  # noqa: E402
+from benchmarks.test_rpc_bench import F, TOP_K, _interleaved, _paced, make_store  # noqa: E402
 from tests.helpers import REPO, cli_env  # noqa: E402
 
 USER = "u00042"  # the bench's by-id request
-
-
-def make_store(path: Path) -> None:
-    """The bench's store: M ads x F features, N_USERS users, one version."""
-    from llmhyper.store.weight_store import WeightStore
-
-    rng = np.random.default_rng(0)
-    X = rng.random((N_USERS, F), dtype=np.float32)
-    X[:, 0] = 1.0
-    with WeightStore(path) as s:
-        s.publish([f"ad{i:04d}" for i in range(M)], _weights(1), _features(), manifest={"generator": "bench"})
-        s.put_users([f"u{i:05d}" for i in range(N_USERS)], X, _features())
 
 
 def start_server(store: Path, pin: bool) -> tuple[subprocess.Popen, str]:

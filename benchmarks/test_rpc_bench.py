@@ -54,17 +54,22 @@ def _features() -> list[tuple[str, str]]:
     return [("bias", "intercept")] + [(f"f{j}", f"bench feature {j}") for j in range(1, F)]
 
 
-@pytest.fixture(scope="module")
-def bench_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_store(path: Path) -> None:
+    """The bench's store at ``path``: M ads x F features, N_USERS users, one version."""
     from llmhyper.store.weight_store import WeightStore
 
-    path = tmp_path_factory.mktemp("bench") / "store.lmdb"
     rng = np.random.default_rng(0)
     X = rng.random((N_USERS, F), dtype=np.float32)
     X[:, 0] = 1.0
     with WeightStore(path) as s:
         s.publish([f"ad{i:04d}" for i in range(M)], _weights(1), _features(), manifest={"generator": "bench"})
         s.put_users([f"u{i:05d}" for i in range(N_USERS)], X, _features())
+
+
+@pytest.fixture(scope="module")
+def bench_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "store.lmdb"
+    make_store(path)
     return path
 
 

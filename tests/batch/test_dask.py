@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -37,19 +38,26 @@ def test_two_workers_match_single_process(tmp_path: Path, bstore: Path, ids_parq
     assert out.read_bytes() == ref.read_bytes()
 
 
-def test_killed_worker_still_gives_identical_output(tmp_path: Path, bstore: Path, ids_parquet: Path,
-                                                     dask_client) -> None:
-    ref = tmp_path / "ref.parquet"
-    run_job(_job(ids_parquet, ref, bstore))
+def _worker_killer(dask_client, which: int) -> tuple[list[int], Callable[[int], None]]:
+    """(killed pids, an ``on_part`` hook that SIGKILLs worker ``which`` of the sorted pids after
+    the first recorded part; its nanny restarts it)."""
     pids = dask_client.run(os.getpid)
     killed: list[int] = []
 
     def kill_one_worker(index: int) -> None:
-        if not killed:  # after the first recorded part, SIGKILL a worker process (its nanny restarts it)
-            pid = sorted(pids.values())[0]
+        if not killed:
+            pid = sorted(pids.values())[which]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
+    return killed, kill_one_worker
+
+
+def test_killed_worker_still_gives_identical_output(tmp_path: Path, bstore: Path, ids_parquet: Path,
+                                                     dask_client) -> None:
+    ref = tmp_path / "ref.parquet"
+    run_job(_job(ids_parquet, ref, bstore))
+    killed, kill_one_worker = _worker_killer(dask_client, 0)
     out = tmp_path / "dask.parquet"
     run_job(_job(ids_parquet, out, bstore, dask_client=dask_client), on_part=kill_one_worker)
     assert killed
@@ -104,15 +112,7 @@ def test_shared_fs_killed_worker_and_resume_give_identical_bytes(tmp_path: Path,
                                                                  dask_client) -> None:
     ref = tmp_path / "ref.parquet"
     run_job(_job(ids_parquet, ref, bstore))
-    pids = dask_client.run(os.getpid)
-    killed: list[int] = []
-
-    def kill_one_worker(index: int) -> None:
-        if not killed:
-            pid = sorted(pids.values())[-1]
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
+    killed, kill_one_worker = _worker_killer(dask_client, -1)
     out = tmp_path / "dask.parquet"
     run_job(_job(ids_parquet, out, bstore, dask_client=dask_client, dask_shared_fs=True), on_part=kill_one_worker)
     assert killed and out.read_bytes() == ref.read_bytes()
